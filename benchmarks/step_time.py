@@ -1,0 +1,286 @@
+"""Step time and peak memory of EdgeGRPOTrainer against TRL's GRPOTrainer, side by side.
+
+Every mode trains the same model on the same data from the same seed. Times: all modes run in one process, in
+alternation, round after round, so drift of the machine hits them all alike; completions have a fixed length
+(min_new_tokens = max_new_tokens) so every mode does the same generation work; reported is the median
+optimizer-step time (the first step of each run dropped as warm-up) as a ratio to TRL's GRPOTrainer in the same
+setting. Peak memory: on CUDA, torch.cuda.max_memory_allocated of each run in the same process; on CPU, where torch
+keeps no peak statistic, the growth of resident memory during train() in one fresh child process per mode (sampled
+every millisecond, glibc told to keep freed memory so short peaks stay visible), modes again alternated.
+
+    python benchmarks/step_time.py                      # CPU, a small offline Qwen2 model
+    python benchmarks/step_time.py --preset qwen2.5-math-1.5b --bf16 --lora   # GPU, 1.5B architecture, random weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+from edge_trl.testing import build_tiny_tokenizer, digit_share_reward, tiny_addition_dataset
+
+# (setting, mode) -> EdgeGRPOConfig overrides. None means TRL's own GRPOTrainer, the baseline of its setting.
+SETTINGS = {
+    "on-policy": {
+        "common": {},
+        "modes": {
+            "trl": None,
+            "edge (all off)": {},
+            "eda group (in-loss fwd)": {"eda": True},
+            "eda batch": {"eda": True, "eda_scope": "batch"},
+            "clip_cov": {"cov_mode": "clip_cov"},
+        },
+    },
+    "grad-accum=2": {
+        "common": {"gradient_accumulation_steps": 2},
+        "modes": {
+            "trl": None,
+            "eda group (+1 no-grad fwd)": {"eda": True},
+            "eda batch": {"eda": True, "eda_scope": "batch"},
+            "clip_cov": {"cov_mode": "clip_cov"},
+        },
+    },
+    "num_iterations=2": {
+        "common": {"num_iterations": 2},
+        "modes": {
+            "trl": None,
+            "eda group (reuses TRL fwd)": {"eda": True},
+            "kl_cov": {"cov_mode": "kl_cov"},
+            "eda + kl_cov": {"eda": True, "cov_mode": "kl_cov"},
+        },
+    },
+}
+
+PRESETS = {
+    # hidden, layers, heads, kv heads, intermediate, vocab (None: the tiny tokenizer's)
+    "small": (256, 4, 4, 2, 512, None),
+    "qwen2.5-math-1.5b": (1536, 28, 12, 2, 8960, 151936),
+}
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._start)
+
+
+class RssGrowth:
+    """Peak growth of this process's resident memory while the context is open (sampled every millisecond)."""
+
+    def __enter__(self) -> RssGrowth:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
+
+
+def build_model(path: Path, preset: str) -> Path:
+    hidden, layers, heads, kv_heads, intermediate, vocab = PRESETS[preset]
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(
+        vocab_size=vocab or len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        tie_word_embeddings=True,
+        initializer_range=0.3 if preset == "small" else 0.02,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def run_once(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
+    on_gpu = torch.cuda.is_available()
+    fields = {
+        "output_dir": str(workdir),
+        "per_device_train_batch_size": cli.batch_size,
+        "num_generations": cli.num_generations,
+        "max_completion_length": cli.completion_length,
+        "generation_kwargs": {"min_new_tokens": cli.completion_length},
+        "max_steps": cli.steps,
+        "learning_rate": 1e-5,
+        "bf16": cli.bf16,
+        "gradient_checkpointing": False,
+        "use_cpu": not on_gpu,
+        "report_to": "none",
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "seed": 0,
+        "disable_tqdm": True,
+        **common,
+    }
+    config_class, trainer_class = (GRPOConfig, GRPOTrainer) if overrides is None else (EdgeGRPOConfig, EdgeGRPOTrainer)
+    args = config_class(**fields, **(overrides or {}))
+    peft_config = None
+    if cli.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
+    timer = StepTimer()
+    trainer = trainer_class(
+        str(model_path),
+        reward_funcs=digit_share_reward,
+        args=args,
+        train_dataset=tiny_addition_dataset(512),
+        processing_class=AutoTokenizer.from_pretrained(model_path),
+        callbacks=[timer],
+        peft_config=peft_config,
+    )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with RssGrowth() as rss:
+        trainer.train()
+    peak = torch.cuda.max_memory_allocated() if on_gpu else rss.growth
+    del trainer
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return timer.times[1:], peak
+
+
+def _child_peak_rss(cli: argparse.Namespace, model_path: Path, setting: str, mode: str) -> int:
+    """Peak growth of resident memory (bytes) during train() in a fresh process that runs this mode."""
+    argv = [sys.executable, __file__, "--child", str(model_path), setting, mode, "--steps", str(cli.steps),
+            "--batch-size", str(cli.batch_size), "--num-generations", str(cli.num_generations),
+            "--completion-length", str(cli.completion_length)] + (["--lora"] if cli.lora else [])  # fmt: skip
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": str(2**40), "MALLOC_MMAP_THRESHOLD_": str(2**40)}
+    result = subprocess.run(argv, capture_output=True, text=True, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RSS_GROWTH ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"memory run of {setting}/{mode} failed: {result.stderr[-2000:]}")
+    return int(lines[-1].split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), default="small")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first is dropped)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-generations", type=int, default=8)
+    parser.add_argument("--completion-length", type=int, default=48)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--settings", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--memory-rounds", type=int, default=1, help="CPU only: child processes per mode")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/step_time.json"))
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "SETTING", "MODE"), help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+
+    if cli.child:  # one run in a fresh process, for the parent's peak-RSS measurement
+        model, setting, mode = cli.child
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = SETTINGS[setting]
+            _, growth = run_once(Path(model), spec["modes"][mode], spec["common"], cli, Path(tmp))
+        print(f"RSS_GROWTH {growth}")
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = build_model(Path(tmp) / "model", cli.preset)
+        samples: dict[tuple[str, str], dict[str, list]] = {}
+        for round_index in range(cli.rounds):
+            for setting in cli.settings:
+                spec = SETTINGS[setting]
+                for mode, overrides in spec["modes"].items():
+                    times, peak = run_once(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
+                    entry = samples.setdefault((setting, mode), {"times": [], "peaks": []})
+                    entry["times"].extend(times)
+                    if torch.cuda.is_available():
+                        entry["peaks"].append(peak)
+                    print(
+                        f"round {round_index + 1}/{cli.rounds} {setting:>17} {mode:<28} "
+                        f"median step {statistics.median(times):.3f}s",
+                        flush=True,
+                    )
+        if not torch.cuda.is_available():
+            for _ in range(cli.memory_rounds):
+                for setting in cli.settings:
+                    for mode in SETTINGS[setting]["modes"]:
+                        peak = _child_peak_rss(cli, model_path, setting, mode)
+                        samples[(setting, mode)]["peaks"].append(peak)
+                        print(f"memory {setting:>17} {mode:<28} RSS growth {peak / 2**20:.1f} MiB", flush=True)
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    rows = []
+    for setting in cli.settings:
+        base = samples[(setting, "trl")]
+        base_time, base_peak = statistics.median(base["times"]), statistics.median(base["peaks"])
+        for mode in SETTINGS[setting]["modes"]:
+            entry = samples[(setting, mode)]
+            step, peak = statistics.median(entry["times"]), statistics.median(entry["peaks"])
+            rows.append({
+                "setting": setting, "mode": mode, "median_step_s": step, "time_ratio": step / base_time,
+                "peak_mib": peak / 2**20, "memory_ratio": peak / base_peak if base_peak > 0 else float("nan"),
+                "steps_measured": len(entry["times"]),
+            })  # fmt: skip
+
+    memory_kind = "peak CUDA memory allocated" if torch.cuda.is_available() else "RSS growth during train()"
+    header = (
+        f"device: {device}; memory: {memory_kind}; preset {cli.preset}; batch {cli.batch_size} completions x {cli.completion_length} "
+        f"tokens; {cli.rounds} rounds x {cli.steps - 1} timed steps; bf16={cli.bf16}; lora={cli.lora}"
+    )
+    print("\n" + header)
+    print("| setting | mode | median step (s) | time vs TRL | peak mem (MiB) | mem vs TRL |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['setting']} | {r['mode']} | {r['median_step_s']:.3f} | {r['time_ratio']:.3f}x | "
+            f"{r['peak_mib']:.1f} | {r['memory_ratio']:.2f}x |"
+        )
+    cli.out.parent.mkdir(parents=True, exist_ok=True)
+    cli.out.write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The `edge-trl` command line (installed as `edge_trl.cli`)."""

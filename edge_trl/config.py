@@ -1,0 +1,164 @@
+"""EdgeGRPOConfig: TRL's GRPOConfig plus the knobs of EDGE-GRPO (EDA) and Clip-Cov / KL-Cov."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from edge_trl.core_algos import COV_MODES
+
+logger = logging.getLogger(__name__)
+
+EDA_SCOPES = ("group", "batch")
+# Loss types whose per-token loss is -min(r A, clip(r) A) reduced linearly: the ones Clip-Cov and KL-Cov modify.
+COV_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class EdgeGRPOConfig(GRPOConfig):
+    r"""Configuration for [`EdgeGRPOTrainer`]: every [`trl.GRPOConfig`] field, plus:
+
+    Entropy-Driven Advantage (EDGE-GRPO, arXiv 2507.21848):
+        eda, eda_scope, eda_entropy_floor, eda_min_scale, eda_max_scale
+    Covariance-based entropy control (Cui et al., arXiv 2505.22617):
+        cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef
+
+    With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
+    """
+
+    eda: bool = field(
+        default=False,
+        metadata={
+            "help": "Entropy-Driven Advantage (EDGE-GRPO): multiply each response's advantage by mean(H) / H_i, where "
+            "H_i is the response's mean token entropy, so confident answers get larger updates."
+        },
+    )
+    eda_scope: str = field(
+        default="group",
+        metadata={
+            "help": "Set over which mean(H) is taken. 'group' (the paper): the num_generations responses of the same "
+            "prompt, using entropies measured at rollout time (reused from TRL's old-log-prob forward when TRL makes "
+            "one, otherwise one extra no-grad forward). 'batch' (what the official code does): the training "
+            "micro-batch gathered across processes, from the training forward pass (free).",
+            "choices": list(EDA_SCOPES),
+        },
+    )
+    eda_entropy_floor: float = field(
+        default=1e-6,
+        metadata={"help": "Entropies are clamped to at least this value before the ratio, so it never divides by 0."},
+    )
+    eda_min_scale: float | None = field(
+        default=None,
+        metadata={"help": "Lower clamp of the EDA factor mean(H)/H_i. None: no lower clamp (the factor is > 0)."},
+    )
+    eda_max_scale: float | None = field(
+        default=10.0,
+        metadata={
+            "help": "Upper clamp of the EDA factor mean(H)/H_i. Default 10: a response at most 10x more confident "
+            "than its group gets at most a 10x advantage, which keeps near-deterministic responses from dominating "
+            "the update. None reproduces the paper's unclamped formula."
+        },
+    )
+    cov_mode: str = field(
+        default="none",
+        metadata={
+            "help": "Covariance-based entropy control (Cui et al.). 'none', 'clip_cov' (stop the gradient of a random "
+            "share of high-covariance tokens) or 'kl_cov' (KL penalty on the top-k covariance tokens). The "
+            "hyphenated spellings 'clip-cov' and 'kl-cov' are accepted.",
+            "choices": ["none", *COV_MODES],
+        },
+    )
+    clip_cov_ratio: float = field(
+        default=2e-4,
+        metadata={"help": "Clip-Cov: fraction of valid tokens whose gradient is stopped (k = max(1, ratio * n))."},
+    )
+    clip_cov_lb: float = field(
+        default=1.0, metadata={"help": "Clip-Cov: only tokens with covariance strictly above this are candidates."}
+    )
+    clip_cov_ub: float = field(
+        default=5.0, metadata={"help": "Clip-Cov: only tokens with covariance strictly below this are candidates."}
+    )
+    kl_cov_ratio: float = field(
+        default=2e-3,
+        metadata={
+            "help": "KL-Cov: fraction of valid tokens (top by covariance) that get the KL penalty. 2e-3 = 0.2%, the "
+            "paper's 7B setting (the official code's k_percent=0.2 means the same)."
+        },
+    )
+    kl_cov_coef: float = field(
+        default=1.0, metadata={"help": "KL-Cov: coefficient of |log pi - log pi_old| on the selected tokens."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.cov_mode = str(self.cov_mode).strip().lower().replace("-", "_")
+        valid_modes = ("none", *COV_MODES)
+        if self.cov_mode not in valid_modes:
+            raise ValueError(f"cov_mode={self.cov_mode!r} is not supported: use one of {', '.join(valid_modes)}.")
+        if self.eda_scope not in EDA_SCOPES:
+            raise ValueError(f"eda_scope={self.eda_scope!r} is not supported: use 'group' or 'batch'.")
+        if not (self.eda_entropy_floor > 0 and math.isfinite(self.eda_entropy_floor)):
+            raise ValueError(f"eda_entropy_floor={self.eda_entropy_floor} must be a positive number, such as 1e-6.")
+        for name in ("eda_min_scale", "eda_max_scale"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value} must be a positive number or None (no clamp).")
+        if (
+            self.eda_min_scale is not None
+            and self.eda_max_scale is not None
+            and self.eda_min_scale > self.eda_max_scale
+        ):
+            raise ValueError(
+                f"eda_min_scale={self.eda_min_scale} is larger than eda_max_scale={self.eda_max_scale}: "
+                "set eda_min_scale <= eda_max_scale."
+            )
+        for name in ("clip_cov_ratio", "kl_cov_ratio"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(
+                    f"{name}={value} must be a fraction of tokens in (0, 1], e.g. 2e-3 for 0.2% "
+                    "(not a percentage: 0.2 would select 20% of the tokens)."
+                )
+        if self.clip_cov_lb >= self.clip_cov_ub:
+            raise ValueError(
+                f"clip_cov_lb={self.clip_cov_lb} must be smaller than clip_cov_ub={self.clip_cov_ub}: no covariance "
+                "could fall between them."
+            )
+        if self.kl_cov_coef < 0:
+            raise ValueError(f"kl_cov_coef={self.kl_cov_coef} must be >= 0.")
+
+        if self.cov_mode != "none":
+            if self.loss_type not in COV_LOSS_TYPES:
+                raise ValueError(
+                    f"cov_mode={self.cov_mode!r} cannot modify the per-token loss of loss_type={self.loss_type!r}: "
+                    f"use loss_type in {COV_LOSS_TYPES} or set cov_mode='none'."
+                )
+            if getattr(self, "use_liger_loss", False):
+                raise ValueError(
+                    f"cov_mode={self.cov_mode!r} needs TRL's per-token loss, which the fused Liger GRPO loss skips: "
+                    "set use_liger_loss=False."
+                )
+        if self.eda and self.eda_scope == "batch" and getattr(self, "use_liger_loss", False):
+            raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
+
+        if self.cov_mode == "kl_cov" and self.kl_cov_is_noop:
+            logger.warning(
+                "cov_mode='kl_cov' is a no-op with this configuration: training is fully on-policy "
+                f"(num_iterations={self.num_iterations}, steps_per_generation={self.steps_per_generation}, "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), so log pi - log pi_old = 0 and "
+                "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
+                "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
+            )
+
+    @property
+    def kl_cov_is_noop(self) -> bool:
+        """True when the policy never moves between rollout and loss, so |log pi - log pi_old| is identically 0.
+
+        That is TRL's own test for skipping old log-probs: every optimizer step starts on fresh rollouts
+        (gradient_accumulation_steps is a multiple of steps_per_generation * num_iterations). With vLLM, TRL
+        recomputes log pi_old with the training model itself, so the difference is 0 there too.
+        """
+        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) == 0

@@ -1,0 +1,44 @@
+"""Small helpers shared by the trainer tests (tiny CPU configs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edge_trl import EdgeGRPOConfig
+
+TINY_DEFAULTS: dict[str, Any] = {
+    "per_device_train_batch_size": 8,
+    "num_generations": 4,
+    "max_completion_length": 12,
+    "max_steps": 2,
+    "learning_rate": 1e-3,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "report_to": "none",
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "use_cpu": True,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+
+def tiny_config(output_dir: Path, config_class: type = EdgeGRPOConfig, **overrides: Any) -> Any:
+    return config_class(output_dir=str(output_dir), **{**TINY_DEFAULTS, **overrides})
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
+    after = dict(model.named_parameters())
+    return any(not torch.equal(before[name], after[name].detach()) for name in before)
+
+
+def logged(trainer: Any, key: str) -> list[float]:
+    """Every logged value of ``key`` in the trainer's history, one per logging step."""
+    return [entry[key] for entry in trainer.state.log_history if key in entry]

@@ -1,0 +1,73 @@
+"""EdgeGRPOConfig validation: clear errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from trl import GRPOConfig
+
+from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+
+from _helpers import tiny_config
+
+
+def test_defaults_are_all_off(tmp_path):
+    config = tiny_config(tmp_path)
+    assert (config.eda, config.cov_mode, config.eda_scope) == (False, "none", "group")
+    assert (config.clip_cov_ratio, config.clip_cov_lb, config.clip_cov_ub) == (2e-4, 1.0, 5.0)
+    assert (config.kl_cov_ratio, config.kl_cov_coef) == (2e-3, 1.0)
+    assert config.eda_max_scale == 10.0 and config.eda_entropy_floor > 0
+
+
+def test_every_new_field_has_help():
+    from dataclasses import fields
+
+    new = {f.name for f in fields(EdgeGRPOConfig)} - {f.name for f in fields(GRPOConfig)}
+    assert new >= {"eda", "eda_scope", "cov_mode", "clip_cov_ratio", "kl_cov_ratio", "kl_cov_coef"}
+    for f in fields(EdgeGRPOConfig):
+        if f.name in new:
+            assert f.metadata.get("help"), f"{f.name} has no help text"
+
+
+@pytest.mark.parametrize(("spelling", "mode"), [("clip-cov", "clip_cov"), ("KL-Cov", "kl_cov"), ("none", "none")])
+def test_cov_mode_spellings(tmp_path, spelling, mode):
+    assert tiny_config(tmp_path, cov_mode=spelling, num_iterations=2).cov_mode == mode
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cov_mode": "clipcov"}, "cov_mode='clipcov' is not supported"),
+        ({"eda_scope": "global"}, "eda_scope='global'"),
+        ({"kl_cov_ratio": 20.0}, "kl_cov_ratio=20.0 must be a fraction"),
+        ({"clip_cov_ratio": 0.0}, "clip_cov_ratio=0.0 must be a fraction"),
+        ({"clip_cov_lb": 5.0, "clip_cov_ub": 1.0}, "clip_cov_lb=5.0 must be smaller than clip_cov_ub=1.0"),
+        ({"eda_entropy_floor": 0.0}, "eda_entropy_floor=0.0 must be a positive"),
+        ({"eda_max_scale": -1.0}, "eda_max_scale=-1.0"),
+        ({"eda_min_scale": 2.0, "eda_max_scale": 1.0}, "eda_min_scale=2.0 is larger than eda_max_scale=1.0"),
+        ({"kl_cov_coef": -1.0}, "kl_cov_coef=-1.0 must be >= 0"),
+        ({"cov_mode": "clip_cov", "loss_type": "cispo"}, "loss_type='cispo'"),
+        ({"cov_mode": "kl_cov", "loss_type": "sapo", "num_iterations": 2}, "loss_type='sapo'"),
+    ],
+)
+def test_bad_values_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_config(tmp_path, **overrides)
+
+
+def test_kl_cov_no_op_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="edge_trl.config"):
+        config = tiny_config(tmp_path, cov_mode="kl_cov")
+    assert config.kl_cov_is_noop
+    assert "no-op" in caplog.text and "num_iterations=2" in caplog.text
+    caplog.clear()
+    for active in ({"num_iterations": 2}, {"steps_per_generation": 2}):
+        with caplog.at_level(logging.WARNING, logger="edge_trl.config"):
+            assert not tiny_config(tmp_path, cov_mode="kl_cov", **active).kl_cov_is_noop
+        assert "no-op" not in caplog.text
+
+
+def test_trainer_refuses_plain_grpo_config(tmp_path, tiny_model_path):
+    with pytest.raises(TypeError, match="EdgeGRPOConfig"):
+        EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=[], args=tiny_config(tmp_path, GRPOConfig))
