@@ -1,12 +1,13 @@
 """Step time and peak memory of EdgeGRPOTrainer against TRL's GRPOTrainer, side by side.
 
-Every mode trains the same model on the same data from the same seed. Times: all modes run in one process, in
-alternation, round after round, so drift of the machine hits them all alike; completions have a fixed length
-(min_new_tokens = max_new_tokens) so every mode does the same generation work; reported is the median
-optimizer-step time (the first step of each run dropped as warm-up) as a ratio to TRL's GRPOTrainer in the same
-setting. Peak memory: on CUDA, torch.cuda.max_memory_allocated of each run in the same process; on CPU, where torch
-keeps no peak statistic, the growth of resident memory during train() in one fresh child process per mode (sampled
-every millisecond, glibc told to keep freed memory so short peaks stay visible), modes again alternated.
+Every mode trains the same model on the same prompts from the same seed. Times: all trainers of a setting live in
+one process and take turns cycle by cycle (a cycle = the micro-steps of one rollout: generation, loss and backward,
+steps_per_generation x num_iterations of them; no optimizer step, so the weights and the work stay identical), the
+order rotating every round, so drift of the machine hits every mode alike. Completions have a fixed length
+(min_new_tokens = max_new_tokens). Reported: the median cycle time over the rounds, as a ratio to TRL's
+GRPOTrainer in the same setting. Peak memory: on CUDA, torch.cuda.max_memory_allocated of a real train() per mode;
+on CPU, where torch keeps no peak statistic, the growth of resident memory during train() in one fresh child process
+per mode (sampled every millisecond, glibc told to keep freed memory so short peaks stay visible).
 
     python benchmarks/step_time.py                      # CPU, a small offline Qwen2 model
     python benchmarks/step_time.py --preset qwen2.5-math-1.5b --bf16 --lora   # GPU, 1.5B architecture, random weights
@@ -24,9 +25,10 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM, TrainerCallback
+from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -70,22 +72,6 @@ PRESETS = {
     "small": (256, 4, 4, 2, 512, None),
     "qwen2.5-math-1.5b": (1536, 28, 12, 2, 8960, 151936),
 }
-
-
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.times.append(time.perf_counter() - self._start)
 
 
 class RssGrowth:
@@ -138,7 +124,7 @@ def build_model(path: Path, preset: str) -> Path:
     return path
 
 
-def run_once(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
+def make_trainer(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
     on_gpu = torch.cuda.is_available()
     fields = {
         "output_dir": str(workdir),
@@ -165,18 +151,23 @@ def run_once(model_path: Path, overrides: dict | None, common: dict, cli: argpar
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
-    timer = StepTimer()
     trainer = trainer_class(
         str(model_path),
         reward_funcs=digit_share_reward,
         args=args,
         train_dataset=tiny_addition_dataset(512),
         processing_class=AutoTokenizer.from_pretrained(model_path),
-        callbacks=[timer],
         peft_config=peft_config,
     )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def peak_memory(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
+    """Peak memory of a real train(): CUDA bytes allocated, or the growth of RSS on CPU."""
+    trainer = make_trainer(model_path, overrides, common, cli, workdir)
+    on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -186,7 +177,23 @@ def run_once(model_path: Path, overrides: dict | None, common: dict, cli: argpar
     del trainer
     if on_gpu:
         torch.cuda.empty_cache()
-    return timer.times[1:], peak
+    return peak
+
+
+def time_cycle(trainer: Any, rows: list) -> float:
+    """Seconds for one rollout cycle: generation, then every micro-step's loss and backward, no optimizer step."""
+    trainer._step, trainer._buffered_inputs = 0, None
+    micro_steps = trainer.args.steps_per_generation * trainer.num_iterations
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(micro_steps):
+        trainer.training_step(trainer.model_wrapped, rows, None)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    trainer.model_wrapped.zero_grad(set_to_none=True)
+    return elapsed
 
 
 def _child_peak_rss(cli: argparse.Namespace, model_path: Path, setting: str, mode: str) -> int:
@@ -202,11 +209,15 @@ def _child_peak_rss(cli: argparse.Namespace, model_path: Path, setting: str, mod
     return int(lines[-1].split()[1])
 
 
+def _median_or_nan(values: list) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=list(PRESETS), default="small")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=5, help="optimizer steps per run (the first is dropped)")
+    parser.add_argument("--rounds", type=int, default=20, help="timed cycles per mode")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps of each memory run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-generations", type=int, default=8)
     parser.add_argument("--completion-length", type=int, default=48)
@@ -222,27 +233,37 @@ def main() -> None:
         model, setting, mode = cli.child
         with tempfile.TemporaryDirectory() as tmp:
             spec = SETTINGS[setting]
-            _, growth = run_once(Path(model), spec["modes"][mode], spec["common"], cli, Path(tmp))
+            growth = peak_memory(Path(model), spec["modes"][mode], spec["common"], cli, Path(tmp))
         print(f"RSS_GROWTH {growth}")
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         model_path = build_model(Path(tmp) / "model", cli.preset)
         samples: dict[tuple[str, str], dict[str, list]] = {}
-        for round_index in range(cli.rounds):
-            for setting in cli.settings:
-                spec = SETTINGS[setting]
+        for setting in cli.settings:
+            spec = SETTINGS[setting]
+            trainers = {}
+            for mode, overrides in spec["modes"].items():
+                trainer = make_trainer(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
+                trainer.args.max_steps = 1
+                trainer.train()  # prepares model, optimizer and accelerator; also a warm-up
+                trainers[mode] = trainer
+                samples[(setting, mode)] = {"times": [], "peaks": []}
+            batches = iter(next(iter(trainers.values())).get_train_dataloader())
+            modes = list(trainers)
+            for round_index in range(cli.rounds):
+                rows = next(batches)  # the same prompts for every mode of this round
+                shift = round_index % len(modes)  # rotate, so no mode always runs first
+                for mode in modes[shift:] + modes[:shift]:
+                    samples[(setting, mode)]["times"].append(time_cycle(trainers[mode], rows))
+            for mode in modes:
+                times = samples[(setting, mode)]["times"]
+                print(f"{setting:>17} {mode:<28} median cycle {statistics.median(times):.3f}s", flush=True)
+            if torch.cuda.is_available():
+                del trainers
                 for mode, overrides in spec["modes"].items():
-                    times, peak = run_once(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
-                    entry = samples.setdefault((setting, mode), {"times": [], "peaks": []})
-                    entry["times"].extend(times)
-                    if torch.cuda.is_available():
-                        entry["peaks"].append(peak)
-                    print(
-                        f"round {round_index + 1}/{cli.rounds} {setting:>17} {mode:<28} "
-                        f"median step {statistics.median(times):.3f}s",
-                        flush=True,
-                    )
+                    peak = peak_memory(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
+                    samples[(setting, mode)]["peaks"].append(peak)
         if not torch.cuda.is_available():
             for _ in range(cli.memory_rounds):
                 for setting in cli.settings:
@@ -255,23 +276,23 @@ def main() -> None:
     rows = []
     for setting in cli.settings:
         base = samples[(setting, "trl")]
-        base_time, base_peak = statistics.median(base["times"]), statistics.median(base["peaks"])
+        base_time, base_peak = statistics.median(base["times"]), _median_or_nan(base["peaks"])
         for mode in SETTINGS[setting]["modes"]:
             entry = samples[(setting, mode)]
-            step, peak = statistics.median(entry["times"]), statistics.median(entry["peaks"])
+            step, peak = statistics.median(entry["times"]), _median_or_nan(entry["peaks"])
             rows.append({
                 "setting": setting, "mode": mode, "median_step_s": step, "time_ratio": step / base_time,
                 "peak_mib": peak / 2**20, "memory_ratio": peak / base_peak if base_peak > 0 else float("nan"),
-                "steps_measured": len(entry["times"]),
+                "runs": len(entry["times"]),
             })  # fmt: skip
 
     memory_kind = "peak CUDA memory allocated" if torch.cuda.is_available() else "RSS growth during train()"
     header = (
         f"device: {device}; memory: {memory_kind}; preset {cli.preset}; batch {cli.batch_size} completions x {cli.completion_length} "
-        f"tokens; {cli.rounds} rounds x {cli.steps - 1} timed steps; bf16={cli.bf16}; lora={cli.lora}"
+        f"tokens; median of {cli.rounds} interleaved rollout cycles per mode; bf16={cli.bf16}; lora={cli.lora}"
     )
     print("\n" + header)
-    print("| setting | mode | median step (s) | time vs TRL | peak mem (MiB) | mem vs TRL |")
+    print("| setting | mode | median cycle (s) | time vs TRL | peak mem (MiB) | mem vs TRL |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(

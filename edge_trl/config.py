@@ -25,6 +25,10 @@ class EdgeGRPOConfig(GRPOConfig):
         eda, eda_scope, eda_entropy_floor, eda_min_scale, eda_max_scale
     Covariance-based entropy control (Cui et al., arXiv 2505.22617):
         cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef
+    Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline:
+        gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
+        gec_max_new_tokens, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
+        gec_mask_injected
 
     With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
     """
@@ -91,6 +95,73 @@ class EdgeGRPOConfig(GRPOConfig):
     kl_cov_coef: float = field(
         default=1.0, metadata={"help": "KL-Cov: coefficient of |log pi - log pi_old| on the selected tokens."}
     )
+    gec: bool = field(
+        default=False,
+        metadata={
+            "help": "Guided Error Correction (EDGE-GRPO): correct every wrong response of a rollout before scoring it, "
+            "by reflection (cue + fresh continuation), answer injection or the reference solution, so groups stop "
+            "having identical rewards."
+        },
+    )
+    force_reflection: bool = field(
+        default=False,
+        metadata={
+            "help": "The forced-reflection baseline: correct every wrong response by reflection only (implies the "
+            "GEC machinery; the branch probabilities are ignored)."
+        },
+    )
+    gec_reflection_cue: str = field(
+        default=" Wait! Something is wrong here.",
+        metadata={"help": "GEC: text appended to a wrong response before the model continues it (reflection)."},
+    )
+    gec_answer_template: str = field(
+        default="\nWait! Something is wrong here. After verification, the correct answer is \\boxed{{answer}}.",
+        metadata={"help": "GEC: text appended by answer injection; '{answer}' is replaced by the reference answer."},
+    )
+    gec_reflect_prob: float = field(default=0.5, metadata={"help": "GEC: probability of the reflection branch."})
+    gec_answer_prob: float = field(default=0.25, metadata={"help": "GEC: probability of answer injection."})
+    gec_solution_prob: float = field(
+        default=0.25,
+        metadata={
+            "help": "GEC: probability of replacing the response by the reference solution (rows without a "
+            "solution fall back to answer injection)."
+        },
+    )
+    gec_max_new_tokens: int = field(
+        default=256,
+        metadata={
+            "help": "GEC: at most this many tokens are added by a reflection, the cue included, so a reflected "
+            "response never exceeds max_completion_length + gec_max_new_tokens. Injected answers and reference "
+            "solutions longer than that limit are cut there (they then end without EOS, like any truncated "
+            "completion, and are counted in gec/truncated_count)."
+        },
+    )
+    gec_answer_column: str = field(default="answer", metadata={"help": "GEC: dataset column of the reference answer."})
+    gec_solution_column: str = field(
+        default="solution", metadata={"help": "GEC: dataset column of the reference solution (optional)."}
+    )
+    gec_reward_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "GEC: name of the reward function that decides whether a response is correct (e.g. "
+            "'accuracy_reward'). None: the weighted sum of all rewards."
+        },
+    )
+    gec_correct_threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "GEC: a response is correct when the deciding reward is >= this. None: 1.0 for a named reward; "
+            "for the sum, the sum of the reward weights (every reward at its maximum of 1, as the official code's "
+            "format 1 + accuracy 1)."
+        },
+    )
+    gec_mask_injected: bool = field(
+        default=False,
+        metadata={
+            "help": "GEC: exclude injected tokens (cue, injected answer, reference solution) from the loss through "
+            "TRL's tool_mask. Default False: they are trained on, as in the paper."
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,6 +215,8 @@ class EdgeGRPOConfig(GRPOConfig):
         if self.eda and self.eda_scope == "batch" and getattr(self, "use_liger_loss", False):
             raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
 
+        self._validate_gec()
+
         if self.cov_mode == "kl_cov" and self.kl_cov_is_noop:
             logger.warning(
                 "cov_mode='kl_cov' is a no-op with this configuration: training is fully on-policy "
@@ -152,6 +225,31 @@ class EdgeGRPOConfig(GRPOConfig):
                 "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
                 "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
             )
+
+    def _validate_gec(self) -> None:
+        probs = {name: getattr(self, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
+        for name, value in probs.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name}={value} must be a probability in [0, 1].")
+        if abs(sum(probs.values()) - 1.0) > 1e-6:
+            raise ValueError(
+                f"gec_reflect_prob + gec_answer_prob + gec_solution_prob = {sum(probs.values()):g} must be 1 "
+                "(the paper: 0.5, 0.25, 0.25)."
+            )
+        if "{answer}" not in self.gec_answer_template:
+            raise ValueError(
+                f"gec_answer_template={self.gec_answer_template!r} has no '{{answer}}' placeholder: add one where the "
+                "reference answer goes, e.g. '... the correct answer is \\boxed{{answer}}.'"
+            )
+        if self.gec_max_new_tokens < 1:
+            raise ValueError(f"gec_max_new_tokens={self.gec_max_new_tokens} must be >= 1.")
+        if self.gec_correction_active and self.use_vllm and self.vllm_mode not in ("server", "colocate"):
+            raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={self.vllm_mode!r}.")
+
+    @property
+    def gec_correction_active(self) -> bool:
+        """True when wrong responses are corrected (GEC or the forced-reflection baseline)."""
+        return self.gec or self.force_reflection
 
     @property
     def kl_cov_is_noop(self) -> bool:

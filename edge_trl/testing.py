@@ -121,14 +121,15 @@ def build_tiny_model(
 
 
 def tiny_addition_dataset(num_prompts: int = 64, seed: int = 0, conversational: bool = True) -> Dataset:
-    """Two-number addition prompts with their answers (columns prompt, answer)."""
+    """Two-number addition prompts with their answers and worked solutions (columns prompt, answer, solution)."""
     rng = random.Random(seed)
     rows = []
     for _ in range(num_prompts):
         a, b = rng.randint(0, 49), rng.randint(0, 49)
         question = f"What is {a} + {b}?"
         prompt = [{"role": "user", "content": question}] if conversational else question
-        rows.append({"prompt": prompt, "answer": str(a + b)})
+        solution = f"We add {a} and {b}. The answer is \\boxed{{{a + b}}}."
+        rows.append({"prompt": prompt, "answer": str(a + b), "solution": solution})
     return Dataset.from_list(rows)
 
 
@@ -140,3 +141,27 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     """
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
+
+
+def _last_boxed(text: str) -> str | None:
+    start = text.rfind("\\boxed{")
+    if start < 0:
+        return None
+    depth, i = 1, start + len("\\boxed{")
+    for j in range(i, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if depth == 0:
+            return text[i:j].strip()
+    return None
+
+
+def boxed_answer_reward(completions: list, answer: list, **_: object) -> list[float]:
+    """1.0 when the last ``\\boxed{...}`` of a completion equals the reference answer as a string, else 0.0.
+
+    A plain exact-match grader for tests on the synthetic addition task (math-verify grades real math).
+    """
+    from edge_trl.data import normalize_answer
+
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    boxed = [_last_boxed(t) for t in texts]
+    return [float(b is not None and b == normalize_answer(a)) for b, a in zip(boxed, answer, strict=True)]

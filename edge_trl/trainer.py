@@ -1,14 +1,20 @@
-"""EdgeGRPOTrainer: TRL's GRPOTrainer with Entropy-Driven Advantage and Clip-Cov / KL-Cov.
+"""EdgeGRPOTrainer: TRL's GRPOTrainer with EDGE-GRPO (EDA, GEC) and Clip-Cov / KL-Cov.
 
-The trainer is glue: the formulas live in :mod:`edge_trl.core_algos`. It hooks TRL at three seams and re-implements
-no TRL method body:
+The trainer is glue: the formulas live in :mod:`edge_trl.core_algos`, GEC's token assembly in :mod:`edge_trl.gec`.
+It hooks TRL at these seams and re-implements no TRL method body:
 
+* ``_generate`` (after TRL's rollout): GEC scores the rollout with TRL's own ``_calculate_rewards``, then corrects
+  the wrong responses in token space (one batched regeneration, through ``_generate_single_turn``, for the
+  reflection branch) before TRL scores them again and computes advantages.
+* ``_calculate_rewards`` (after TRL): keeps the rewards TRL trains on, for GEC's after-correction metrics.
 * ``_generate_and_score_completions`` (after TRL): EDA with ``eda_scope='group'`` rescales the advantages of the whole
   generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
-  old-log-prob forward when TRL makes one (we ask it to return entropies too), otherwise from one extra no-grad
+  old-log-prob forward when TRL makes one (we ask it to return entropies too); when the whole rollout is one
+  micro-batch (``steps_per_generation == 1``) the scaling is deferred to the loss forward, which sees every response
+  with the same weights (each response carries its group id through TRL's shuffle); otherwise one extra no-grad
   forward.
-* ``_get_per_token_logps_and_entropies`` (inside TRL's loss): right after the training forward, EDA with
-  ``eda_scope='batch'`` rescales the micro-batch's advantages (TRL reads them after this call), Clip-Cov detaches
+* ``_get_per_token_logps_and_entropies`` (inside TRL's loss): right after the training forward, deferred group EDA
+  and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), Clip-Cov detaches
   the log-probs of the selected tokens (their gradient is stopped), and KL-Cov builds its penalty.
 * ``_compute_loss``: adds the KL-Cov penalty, reduced exactly like TRL reduces its per-token loss.
 
@@ -18,13 +24,18 @@ With every EDGE feature off, the trainer runs TRL's code paths unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 
+from edge_trl import gec
 from edge_trl._compat import check_trl_version
 from edge_trl.config import EdgeGRPOConfig
 from edge_trl.core_algos import (
@@ -38,15 +49,23 @@ from edge_trl.core_algos import (
     response_entropy,
     token_covariance,
 )
+from edge_trl.data import normalize_answer
+
+logger = logging.getLogger(__name__)
 
 
 class EdgeGRPOTrainer(GRPOTrainer):
-    """GRPO with EDGE-GRPO's Entropy-Driven Advantage and Cui et al.'s Clip-Cov / KL-Cov.
+    """GRPO with EDGE-GRPO's Entropy-Driven Advantage and Guided Error Correction, and Cui et al.'s Clip-Cov / KL-Cov.
 
     Takes exactly the arguments of [`trl.GRPOTrainer`]; ``args`` must be an [`EdgeGRPOConfig`]. Extra metrics, logged
     through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var_before_eda``,
     ``adv_var_after_eda``, ``eda_scale_{min,mean,max}``, ``eda_extra_forward_s``, ``cov_mean``,
-    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``.
+    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``; and under
+    ``gec/``: ``corrected_share``, ``{reflect,answer,solution,truncated}_count``, ``reflection_new_tokens_mean``,
+    ``accuracy_before``/``accuracy_after`` and ``collapsed_group_share_before``/``collapsed_group_share_after``.
+
+    With GEC, reward functions run twice on a training rollout: once to find the wrong responses, once on the
+    corrected ones (the rewards TRL trains on).
     """
 
     _tag_names: ClassVar[list[str]] = ["trl", "grpo", "edge-trl"]
@@ -65,7 +84,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
         self._edge_loss_inputs: dict[str, Any] | None = None
         self._kl_cov_penalty: torch.Tensor | None = None
         self._rollout_capture: dict[str, torch.Tensor] | None = None
+        self._gec_rows: list[dict[str, Any]] | None = None
+        self._last_rewards_per_func: torch.Tensor | None = None
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        if self.args.gec_correction_active:
+            self._setup_gec(kwargs.get("train_dataset"))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Rollout: group-scope EDA and collapse metrics
@@ -81,10 +104,12 @@ class EdgeGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         group_eda = self.args.eda and self.args.eda_scope == "group"
         self._rollout_capture = {} if group_eda and self._trl_computes_old_logps() else None
+        correcting = self.args.gec_correction_active and self.model.training
+        self._gec_rows = inputs if correcting else None  # read by our _generate, which TRL calls in between
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            capture, self._rollout_capture = self._rollout_capture, None
+            capture, self._rollout_capture, self._gec_rows = self._rollout_capture, None, None
 
         mode = "train" if self.model.training else "eval"
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
@@ -92,6 +117,12 @@ class EdgeGRPOTrainer(GRPOTrainer):
         all_advantages = self.accelerator.gather(advantages)
         metrics = self._metrics[mode]
         metrics["edge/collapsed_group_share"].append(collapsed_group_share(all_advantages, group_size))
+        if correcting and self._last_rewards_per_func is not None:  # TRL's rewards of the corrected responses
+            rewards = self._last_rewards_per_func
+            metrics["gec/accuracy_after"].append(self._gec_is_correct(rewards).float().mean().item())
+            metrics["gec/collapsed_group_share_after"].append(
+                collapsed_group_share(self._weighted_reward(rewards), group_size)
+            )
         if not group_eda:
             return output
 
@@ -245,6 +276,215 @@ class EdgeGRPOTrainer(GRPOTrainer):
             per_token, mask, self.loss_type, max_completion_length=self.max_completion_length
         )
         return reduced / accumulation
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Guided Error Correction (EDGE-GRPO)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _setup_gec(self, train_dataset: Any) -> None:
+        args = self.args
+        if self.tools or self.rollout_func is not None or self.environment_factories is not None:
+            raise ValueError(
+                "gec/force_reflection correct plain single-turn completions; they cannot be combined with tools, "
+                "rollout_func or environment_factory. Set gec=False and force_reflection=False, or drop those."
+            )
+        columns = getattr(train_dataset, "column_names", None)
+        if columns is not None and args.gec_answer_column not in columns:
+            raise ValueError(
+                f"gec needs the reference answer of every prompt, but the training dataset has no column "
+                f"{args.gec_answer_column!r} (columns: {columns}). Rename your answer column to "
+                f"{args.gec_answer_column!r} or set gec_answer_column to its name."
+            )
+        if columns is not None and args.gec_solution_column not in columns and not args.force_reflection:
+            logger.warning(
+                "The training dataset has no %r column: GEC's solution branch falls back to answer injection.",
+                args.gec_solution_column,
+            )
+        if args.gec_reward_name is not None and args.gec_reward_name not in self.reward_func_names:
+            raise ValueError(
+                f"gec_reward_name={args.gec_reward_name!r} is not one of the reward functions "
+                f"{self.reward_func_names}: name one of them, or None to use the sum of all rewards."
+            )
+        # Injected text is tokenized once, without special tokens.
+        self._gec_cue_ids = self._tokenizer(args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
+        if args.gec_max_new_tokens <= len(self._gec_cue_ids):
+            raise ValueError(
+                f"gec_max_new_tokens={args.gec_max_new_tokens} leaves no room to continue after the reflection cue "
+                f"({len(self._gec_cue_ids)} tokens): raise gec_max_new_tokens (the paper uses 256)."
+            )
+        self._gec_calls = 0
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards_per_func = rewards
+        return rewards
+
+    def _weighted_reward(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        weights = self.reward_weights.to(rewards_per_func.device)
+        return (rewards_per_func * weights.unsqueeze(0)).nansum(dim=1)
+
+    def _gec_is_correct(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
+        """Correct = the deciding reward reaches its threshold (NaN, an unscorable response, counts as wrong)."""
+        args = self.args
+        if args.gec_reward_name is not None:
+            score = rewards_per_func[:, self.reward_func_names.index(args.gec_reward_name)]
+            threshold = 1.0 if args.gec_correct_threshold is None else args.gec_correct_threshold
+        else:
+            score = self._weighted_reward(rewards_per_func)
+            default = float(self.reward_weights.sum())
+            threshold = default if args.gec_correct_threshold is None else args.gec_correct_threshold
+        return score >= threshold - 1e-6
+
+    def _generate(self, prompts: list):
+        result = super()._generate(prompts)
+        rows = self._gec_rows
+        if rows is None:
+            return result
+        return self._correct_wrong_responses(rows, prompts, result)
+
+    def _correct_wrong_responses(self, rows: list[dict[str, Any]], prompts: list, result: tuple) -> tuple:
+        (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images) = result
+        args = self.args
+        local = len(completion_ids)
+        start = self.accelerator.process_index * local
+
+        rewards = self._calculate_rewards(rows, prompts, completions, completion_ids)  # gathered over processes
+        correct = self._gec_is_correct(rewards)
+        wrong = [i for i in range(local) if not bool(correct[start + i])]
+        seed = (args.seed * 1_000_003 + self.accelerator.process_index * 10_007 + self._gec_calls) % (2**63)
+        self._gec_calls += 1
+        probs = (args.gec_reflect_prob, args.gec_answer_prob, args.gec_solution_prob)
+        drawn = gec.choose_branches(len(wrong), probs, torch.Generator().manual_seed(seed), args.force_reflection)
+
+        plan: dict[int, str] = {}
+        answers: dict[int, str | None] = {}
+        for i, branch in zip(wrong, drawn, strict=True):
+            answers[i] = normalize_answer(rows[i].get(args.gec_answer_column))
+            solution = rows[i].get(args.gec_solution_column)
+            if branch == "solution" and not (isinstance(solution, str) and solution.strip()):
+                branch = "answer"  # a row without a reference solution: inject its answer instead
+            if branch == "answer" and answers[i] is None:
+                branch = "reflect"  # nothing to inject
+            plan[i] = branch
+        self.last_gec_plan = plan  # response index -> branch, for inspection
+
+        max_length = self.max_completion_length + args.gec_max_new_tokens
+        eos = list(self.eos_token_ids)
+        reflect_ids = [i for i in wrong if plan[i] == "reflect"]
+        continuations, continuation_logprobs = self._generate_reflections(
+            [gec.reflection_prompt(prompt_ids[i], completion_ids[i], self._gec_cue_ids, eos) for i in reflect_ids]
+        )
+        corrections: dict[int, gec.Correction] = {}
+        for k, i in enumerate(reflect_ids):
+            corrections[i] = gec.reflect(
+                completion_ids[i],
+                self._gec_cue_ids,
+                continuations[k],
+                eos,
+                max_length,
+                None if logprobs is None else logprobs[i],
+                None if continuation_logprobs is None else continuation_logprobs[k],
+            )
+        for i in wrong:
+            if plan[i] == "answer":
+                text = args.gec_answer_template.replace("{answer}", answers[i])
+                injection = self._tokenizer(text, add_special_tokens=False)["input_ids"]
+                response_logprobs = None if logprobs is None else logprobs[i]
+                corrections[i] = gec.inject_answer(completion_ids[i], injection, eos, max_length, response_logprobs)
+            elif plan[i] == "solution":
+                solution_ids = self._tokenizer(rows[i][args.gec_solution_column], add_special_tokens=False)["input_ids"]
+                corrections[i] = gec.replace_with_solution(solution_ids, eos, max_length, logprobs is not None)
+
+        completion_ids, completions = list(completion_ids), list(completions)
+        if corrections:
+            order = sorted(corrections)
+            texts = self.processing_class.batch_decode(
+                [corrections[i].completion_ids for i in order], skip_special_tokens=True
+            )
+            conversational = is_conversational({"prompt": prompts[0]})
+            for i, text in zip(order, texts, strict=True):
+                completion_ids[i] = corrections[i].completion_ids
+                completions[i] = [{"role": "assistant", "content": text}] if conversational else text
+                if logprobs is not None:
+                    logprobs[i] = corrections[i].sampled_logprobs
+        if args.gec_mask_injected:
+            tool_mask = [[1] * len(ids) for ids in completion_ids] if tool_mask is None else list(tool_mask)
+            for i, correction in corrections.items():
+                tool_mask[i] = [0 if injected else 1 for injected in correction.injected]
+
+        self._log_gec(rewards, correct, corrections, local)
+        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images
+
+    def _generate_reflections(self, prompts: list[list[int]]) -> tuple[list[list[int]], list | None]:
+        """All reflection continuations of this process in one batched call of TRL's generation backend."""
+        total = int(self.accelerator.gather(torch.tensor([len(prompts)], device=self.accelerator.device)).sum())
+        if total == 0:
+            return [], None
+        # Every process joins the call (vLLM server mode and ZeRO-3 generation are collective): a process with
+        # nothing to reflect generates one throw-away continuation.
+        batch = prompts if prompts else [[self._tokenizer.pad_token_id, *self._gec_cue_ids]]
+        # The cue counts against the budget, so a reflected response never exceeds the corrected-length limit.
+        with self._max_new_tokens(self.args.gec_max_new_tokens - len(self._gec_cue_ids)):
+            continuations, logprobs = self._generate_single_turn(batch, None, {}, 1)
+        if not prompts:
+            return [], None
+        return [list(c) for c in continuations], logprobs
+
+    @contextlib.contextmanager
+    def _max_new_tokens(self, value: int) -> Iterator[None]:
+        # TRL 1.16 reads the length limit from generation_config + generation_kwargs (transformers) or from
+        # vllm_generation.max_completion_length (vLLM): set all of them for the duration of the call.
+        saved: list[tuple[Any, str, Any]] = []
+        targets = [(getattr(self, "generation_config", None), "max_new_tokens")]
+        targets.append((getattr(self, "vllm_generation", None), "max_completion_length"))
+        for obj, attr in targets:
+            if obj is not None and hasattr(obj, attr):
+                saved.append((obj, attr, getattr(obj, attr)))
+                setattr(obj, attr, value)
+        kwargs = getattr(self, "generation_kwargs", None)
+        saved_kwarg = kwargs.get("max_new_tokens") if isinstance(kwargs, dict) else None
+        if isinstance(kwargs, dict):
+            kwargs["max_new_tokens"] = value
+        try:
+            yield
+        finally:
+            for obj, attr, old in saved:
+                setattr(obj, attr, old)
+            if isinstance(kwargs, dict):
+                kwargs["max_new_tokens"] = saved_kwarg
+
+    def _log_gec(
+        self, rewards: torch.Tensor, correct: torch.Tensor, corrections: dict[int, gec.Correction], local: int
+    ) -> None:
+        branches = [c.branch for c in corrections.values()]
+        reflect_tokens = sum(c.generated_tokens for c in corrections.values() if c.branch == "reflect")
+        counts = torch.tensor(
+            [
+                len(corrections),
+                branches.count("reflect"),
+                branches.count("answer"),
+                branches.count("solution"),
+                sum(c.truncated for c in corrections.values()),
+                reflect_tokens,
+                local,
+            ],
+            dtype=torch.float64,
+            device=self.accelerator.device,
+        )
+        corrected, reflect, answer, solution, truncated, tokens, total = self.accelerator.reduce(
+            counts, reduction="sum"
+        ).tolist()
+        metrics = self._metrics["train"]
+        metrics["gec/corrected_share"].append(corrected / max(total, 1.0))
+        metrics["gec/reflect_count"].append(reflect)
+        metrics["gec/answer_count"].append(answer)
+        metrics["gec/solution_count"].append(solution)
+        metrics["gec/truncated_count"].append(truncated)
+        metrics["gec/reflection_new_tokens_mean"].append(tokens / max(reflect, 1.0))
+        metrics["gec/accuracy_before"].append(correct.float().mean().item())
+        metrics["gec/collapsed_group_share_before"].append(
+            collapsed_group_share(self._weighted_reward(rewards), self.num_generations)
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Helpers

@@ -49,11 +49,30 @@ def test_cov_mode_spellings(tmp_path, spelling, mode):
         ({"kl_cov_coef": -1.0}, "kl_cov_coef=-1.0 must be >= 0"),
         ({"cov_mode": "clip_cov", "loss_type": "cispo"}, "loss_type='cispo'"),
         ({"cov_mode": "kl_cov", "loss_type": "sapo", "num_iterations": 2}, "loss_type='sapo'"),
+        ({"gec": True, "gec_reflect_prob": 0.6}, "gec_reflect_prob \\+ gec_answer_prob \\+ gec_solution_prob = 1.1"),
+        (
+            {"gec": True, "gec_answer_prob": -0.1, "gec_reflect_prob": 0.85},
+            "gec_answer_prob=-0.1 must be a probability",
+        ),
+        ({"gec": True, "gec_answer_template": "the answer is X"}, "has no '\\{answer\\}' placeholder"),
+        ({"gec": True, "gec_max_new_tokens": 0}, "gec_max_new_tokens=0 must be >= 1"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, overrides, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    pattern = message if "\\" in message else message.replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(ValueError, match=pattern):
         tiny_config(tmp_path, **overrides)
+
+
+def test_gec_defaults_follow_the_paper(tmp_path):
+    config = tiny_config(tmp_path, gec=True)
+    assert (config.gec_reflect_prob, config.gec_answer_prob, config.gec_solution_prob) == (0.5, 0.25, 0.25)
+    assert config.gec_reflection_cue == " Wait! Something is wrong here."
+    assert config.gec_answer_template.replace("{answer}", "42") == (
+        "\nWait! Something is wrong here. After verification, the correct answer is \\boxed{42}."
+    )
+    assert config.gec_max_new_tokens == 256 and not config.gec_mask_injected
+    assert config.gec_correction_active and tiny_config(tmp_path, force_reflection=True).gec_correction_active
 
 
 def test_kl_cov_no_op_warning(tmp_path, caplog):

@@ -15,19 +15,26 @@ from edge_trl.accelerate_configs import CONFIG_DIR
 SCRIPT = Path(__file__).parent / "scripts" / "train_two_ranks.py"
 
 
-@pytest.mark.slow
-def test_two_cpu_processes_train_and_gather_metrics(tmp_path, tiny_model_path):
+def launch_two_ranks(model_path: Path, output_dir: Path, features: str, port: int) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(CONFIG_DIR / "cpu.yaml"),
-        "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
-        str(SCRIPT), str(tiny_model_path), str(tmp_path),
+        "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
+        str(SCRIPT), str(model_path), str(output_dir), features,
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return [json.loads((output_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
 
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+def per_rank(ranks: list[dict], key: str) -> list[list[float]]:
+    return [[entry[key] for entry in r["log_history"] if key in entry] for r in ranks]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_and_gather_metrics(tmp_path, tiny_model_path):
+    ranks = launch_two_ranks(tiny_model_path, tmp_path, "core", 29533)
     assert [r["world_size"] for r in ranks] == [2, 2]
     assert ranks[0]["backend"] == "gloo"
     assert all(r["params_changed"] for r in ranks)
@@ -45,8 +52,26 @@ def test_two_cpu_processes_train_and_gather_metrics(tmp_path, tiny_model_path):
         "edge/cov_mean": 4,
     }
     for key, count in expected_counts.items():
-        per_rank = [[entry[key] for entry in r["log_history"] if key in entry] for r in ranks]
-        assert len(per_rank[0]) == count, key
-        assert per_rank[0] == pytest.approx(per_rank[1]), key
+        values = per_rank(ranks, key)
+        assert len(values[0]) == count, key
+        assert values[0] == pytest.approx(values[1]), key
     penalties = [e["edge/kl_cov_penalty"] for e in ranks[0]["log_history"] if "edge/kl_cov_penalty" in e]
     assert penalties[1] > 0 and penalties[3] > 0
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_correct_their_own_slices_with_gec(tmp_path, tiny_model_path):
+    ranks = launch_two_ranks(tiny_model_path, tmp_path, "gec", 29534)
+    assert all(r["params_changed"] for r in ranks)
+    assert ranks[0]["param_checksum"] == pytest.approx(ranks[1]["param_checksum"], rel=1e-9)
+    # every response of both ranks was wrong and got corrected; counts are summed over the ranks
+    assert per_rank(ranks, "gec/corrected_share")[0] == [1.0] * 4
+    branch_totals = [
+        sum(v)
+        for v in zip(*(per_rank(ranks, f"gec/{b}_count")[0] for b in ("reflect", "answer", "solution")), strict=True)
+    ]
+    assert branch_totals == [12.0] * 4  # 6 completions per rank x 2 ranks, every step
+    for key in ("gec/reflect_count", "gec/accuracy_before", "gec/accuracy_after", "gec/collapsed_group_share_after"):
+        values = per_rank(ranks, key)
+        assert len(values[0]) == 4 and values[0] == pytest.approx(values[1]), key
+    assert sum(per_rank(ranks, "gec/accuracy_after")[0]) > 0

@@ -1,6 +1,7 @@
 """Run by tests/test_multiprocess.py under `accelerate launch` with two CPU processes.
 
-Usage: train_two_ranks.py MODEL_DIR OUTPUT_DIR. Each rank writes rank{N}.json with what it saw and its final state.
+Usage: train_two_ranks.py MODEL_DIR OUTPUT_DIR [core|gec]. Each rank writes rank{N}.json with what it saw and its
+final state. `core`: EDA + KL-Cov; `gec`: full EDGE-GRPO (GEC + EDA) with an exact-match answer reward.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from pathlib import Path
 import torch
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.testing import digit_share_reward, tiny_addition_dataset
+from edge_trl.testing import boxed_answer_reward, digit_share_reward, tiny_addition_dataset
+
+FEATURES = {
+    "core": ({"eda": True, "cov_mode": "kl_cov", "kl_cov_ratio": 0.05, "num_iterations": 2}, digit_share_reward),
+    "gec": ({"eda": True, "gec": True, "gec_max_new_tokens": 96}, boxed_answer_reward),
+}
 
 
 class RecordingTrainer(EdgeGRPOTrainer):
@@ -25,17 +31,14 @@ class RecordingTrainer(EdgeGRPOTrainer):
 
 def main() -> None:
     model_dir, output_dir = sys.argv[1], Path(sys.argv[2])
+    features, reward = FEATURES[sys.argv[3] if len(sys.argv) > 3 else "core"]
     args = EdgeGRPOConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=6,  # global 12 = 3 groups of 4: the middle group spans both ranks
         num_generations=4,
         max_completion_length=12,
         max_steps=4,
-        num_iterations=2,
         learning_rate=1e-3,
-        eda=True,
-        cov_mode="kl_cov",
-        kl_cov_ratio=0.05,
         bf16=False,
         gradient_checkpointing=False,
         use_cpu=True,
@@ -44,10 +47,9 @@ def main() -> None:
         save_strategy="no",
         seed=0,
         disable_tqdm=True,
+        **features,
     )
-    trainer = RecordingTrainer(
-        model_dir, reward_funcs=digit_share_reward, args=args, train_dataset=tiny_addition_dataset(64)
-    )
+    trainer = RecordingTrainer(model_dir, reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(64))
     trainer.seen_prompts = []
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()

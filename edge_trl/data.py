@@ -1,0 +1,157 @@
+"""Dataset helpers shared by the trainer, the CLI and evaluation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+
+def normalize_answer(answer: Any) -> str | None:
+    """A reference answer as a clean string, whatever type the dataset stored it in.
+
+    Competition datasets disagree: AIME/MATH store strings, AMC floats (``142.0``), Minerva and OlympiadBench
+    one-element lists (``['9.6\\n']``). Integral floats lose their ``.0``; one-element lists and tuples are unwrapped;
+    surrounding whitespace is stripped. None, NaN, empty strings and empty lists give None (no answer).
+    """
+    if answer is None:
+        return None
+    if isinstance(answer, (list, tuple)):
+        if len(answer) == 0:
+            return None
+        if len(answer) == 1:
+            return normalize_answer(answer[0])
+        parts = [normalize_answer(a) for a in answer]
+        return ", ".join(p for p in parts if p is not None) or None
+    if isinstance(answer, bool):
+        return str(answer)
+    if isinstance(answer, float):
+        if math.isnan(answer):
+            return None
+        if answer.is_integer():
+            return str(int(answer))
+        return repr(answer)
+    text = str(answer).strip()
+    return text or None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading and preparing math datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+QWEN_MATH_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
+PROMPT_COLUMNS = ("prompt", "problem", "question", "query", "input")
+ANSWER_COLUMNS = ("answer", "final_answer", "gold", "target", "expected_answer")
+SOLUTION_COLUMNS = ("solution", "reasoning", "rationale")
+PLAIN_TEMPLATE = "{system}\n\nQuestion: {problem}\nAnswer:"
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as it is; the message says what to change."""
+
+
+def load_any_dataset(source: str, split: str = "train") -> Any:
+    """A ``datasets.Dataset`` from a local JSON/JSONL/Parquet file, a ``save_to_disk`` folder, or a Hub dataset id.
+
+    For a folder holding a ``DatasetDict`` (several splits) ``split`` picks one; the error lists the splits.
+    """
+    from pathlib import Path
+
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
+        if builder is None:
+            raise DatasetError(f"{source}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv.")
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    if path.is_dir():
+        if not any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
+            raise DatasetError(
+                f"{source} is a folder but not a `datasets.save_to_disk` folder (no dataset_info.json or "
+                "dataset_dict.json): point to the folder written by save_to_disk, or to a JSON/JSONL/Parquet file."
+            )
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise DatasetError(f"{source} has splits {list(loaded)}, not {split!r}: choose one of them.")
+            return loaded[split]
+        return loaded
+    if source.startswith((".", "/", "~")) or source.endswith((".json", ".jsonl", ".parquet", ".csv")):
+        raise DatasetError(f"{source}: no such file or folder.")
+    return datasets.load_dataset(source, split=split)  # a Hub dataset id
+
+
+def _pick(
+    columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str, required: bool
+) -> str | None:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DatasetError(f"The dataset has no {what} column {wanted!r}; its columns are {list(columns)}.")
+        return wanted
+    found = next((c for c in candidates if c in columns), None)
+    if found is None and required:
+        raise DatasetError(
+            f"Cannot find the {what} column: the dataset has columns {list(columns)}, none of "
+            f"{list(candidates)}. Name it explicitly (the `{what}_column` option)."
+        )
+    return found
+
+
+def prepare_math_dataset(
+    dataset: Any,
+    prompt_column: str | None = None,
+    answer_column: str | None = None,
+    solution_column: str | None = None,
+    system_prompt: str | None = QWEN_MATH_SYSTEM_PROMPT,
+    template: str = "chat",
+    require_answer: bool = True,
+) -> Any:
+    """Map a math dataset to the columns the trainer and the rewards use: ``prompt``, ``answer``, ``solution``.
+
+    Columns are found by common names (``problem``/``question``/``prompt``…, ``answer``/``final_answer``…,
+    ``solution``…) unless named. ``template="chat"`` builds a conversational prompt (system + user messages, the way
+    Qwen2.5-Math is trained); ``"plain"`` a single string for base models without a chat template. Answers are
+    normalised to strings (``142.0`` → ``"142"``, ``['9.6']`` → ``"9.6"``). Empty datasets, missing columns and
+    empty problems are errors that name the row and column.
+    """
+    if template not in ("chat", "plain"):
+        raise DatasetError(f"template={template!r} is not supported: use 'chat' or 'plain'.")
+    if len(dataset) == 0:
+        raise DatasetError("The dataset is empty: it has no rows to train or evaluate on.")
+    columns = list(dataset.column_names)
+    prompt_col = _pick(columns, prompt_column, PROMPT_COLUMNS, "prompt", required=True)
+    answer_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer", required=require_answer)
+    solution_col = _pick(columns, solution_column, SOLUTION_COLUMNS, "solution", required=False)
+
+    for index, value in enumerate(dataset[prompt_col]):
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise DatasetError(f"Row {index}: the {prompt_col!r} column is empty; drop or fix that row.")
+    if answer_col is not None:
+        for index, value in enumerate(dataset[answer_col]):
+            if normalize_answer(value) is None:
+                raise DatasetError(f"Row {index}: the {answer_col!r} column has no answer ({value!r}); fix that row.")
+
+    def convert(row: dict[str, Any]) -> dict[str, Any]:
+        problem = row[prompt_col]
+        if isinstance(problem, list):  # already conversational
+            prompt: Any = problem
+        elif template == "chat":
+            prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
+                {"role": "user", "content": str(problem)}
+            ]
+        else:
+            prompt = PLAIN_TEMPLATE.format(system=system_prompt or "", problem=problem).lstrip()
+        out = {"_edge_prompt": prompt}
+        if answer_col is not None:
+            out["_edge_answer"] = normalize_answer(row[answer_col])
+        solution = row.get(solution_col) if solution_col else None
+        out["_edge_solution"] = solution if isinstance(solution, str) and solution.strip() else None
+        return out
+
+    # New columns under temporary names: `map` would cast a replaced column back to its old type (142 -> int).
+    prepared = dataset.map(convert, desc="Preparing prompts")
+    finals = [c for c in ("prompt", "answer", "solution") if f"_edge_{c}" in prepared.column_names]
+    prepared = prepared.remove_columns([c for c in finals if c in columns])
+    return prepared.rename_columns({f"_edge_{c}": c for c in finals})

@@ -1,0 +1,136 @@
+"""Guided Error Correction (EDGE-GRPO, arXiv 2507.21848), in token space.
+
+After the first rollout every response that is not correct is corrected before it is scored:
+
+* ``reflect`` (p = 0.5): the response without its EOS, then the cue " Wait! Something is wrong here.", then a fresh
+  continuation of at most ``gec_max_new_tokens`` tokens sampled from the policy;
+* ``answer`` (p = 0.25): the response without its EOS, then "\\nWait! Something is wrong here. After verification,
+  the correct answer is \\boxed{<answer>}.", then the EOS again if the model had produced one;
+* ``solution`` (p = 0.25): the dataset's reference solution, then EOS.
+
+Everything is done on token ids: the continuation prompt is prompt + response (EOS stripped) + cue, and the corrected
+response is response + cue + new tokens, so nothing is decoded and re-tokenized (the official code does, and loses
+the EOS of every completion). These functions are pure; ``EdgeGRPOTrainer`` runs the generation and the rewards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+BRANCHES = ("reflect", "answer", "solution")
+
+
+def choose_branches(
+    num: int,
+    probs: Sequence[float],
+    generator: torch.Generator,
+    force_reflection: bool = False,
+) -> list[str]:
+    """Draw a correction branch for each of ``num`` wrong responses: ``reflect``/``answer``/``solution``.
+
+    ``probs`` are the three branch probabilities (summing to 1). With ``force_reflection`` every draw is ``reflect``
+    (the forced-reflection baseline). One uniform number is drawn per response either way, so the stream of random
+    numbers does not depend on the mode.
+    """
+    draws = torch.rand(num, generator=generator).tolist()
+    if force_reflection:
+        return ["reflect"] * num
+    cumulative = torch.tensor(probs, dtype=torch.float64).cumsum(0).tolist()
+    return [BRANCHES[next((k for k, c in enumerate(cumulative) if u < c), len(BRANCHES) - 1)] for u in draws]
+
+
+def strip_eos(ids: Sequence[int], eos_token_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The response without a final EOS token, and whether it had one."""
+    ids = list(ids)
+    if ids and ids[-1] in eos_token_ids:
+        return ids[:-1], True
+    return ids, False
+
+
+@dataclass
+class Correction:
+    """One corrected response: its token ids and which of them were injected rather than sampled."""
+
+    branch: str
+    completion_ids: list[int]
+    injected: list[bool]
+    generated_tokens: int = 0
+    truncated: bool = False
+    sampled_logprobs: list[float | None] | None = field(default=None, repr=False)
+
+
+def _finish(
+    branch: str,
+    parts: list[tuple[list[int], bool]],
+    max_length: int,
+    logprobs: list[float | None] | None,
+    generated: int = 0,
+) -> Correction:
+    ids = [t for chunk, _ in parts for t in chunk]
+    injected = [inj for chunk, inj in parts for _ in chunk]
+    truncated = len(ids) > max_length
+    return Correction(
+        branch,
+        ids[:max_length],
+        injected[:max_length],
+        generated,
+        truncated,
+        None if logprobs is None else logprobs[:max_length],
+    )
+
+
+def reflection_prompt(
+    prompt_ids: Sequence[int], response_ids: Sequence[int], cue_ids: Sequence[int], eos_token_ids: Sequence[int]
+) -> list[int]:
+    """The prompt a reflection continues from: prompt + response (EOS stripped) + cue."""
+    return list(prompt_ids) + strip_eos(response_ids, eos_token_ids)[0] + list(cue_ids)
+
+
+def reflect(
+    response_ids: Sequence[int],
+    cue_ids: Sequence[int],
+    continuation_ids: Sequence[int],
+    eos_token_ids: Sequence[int],
+    max_length: int,
+    response_logprobs: Sequence[float | None] | None = None,
+    continuation_logprobs: Sequence[float | None] | None = None,
+) -> Correction:
+    """response (EOS stripped) + cue + continuation; the cue is injected. The continuation keeps its own EOS."""
+    body, _ = strip_eos(response_ids, eos_token_ids)
+    logprobs = None
+    if response_logprobs is not None:
+        cont = list(continuation_logprobs) if continuation_logprobs is not None else [None] * len(continuation_ids)
+        logprobs = list(response_logprobs)[: len(body)] + [None] * len(cue_ids) + cont
+    parts = [(body, False), (list(cue_ids), True), (list(continuation_ids), False)]
+    return _finish("reflect", parts, max_length, logprobs, generated=len(continuation_ids))
+
+
+def inject_answer(
+    response_ids: Sequence[int],
+    injection_ids: Sequence[int],
+    eos_token_ids: Sequence[int],
+    max_length: int,
+    response_logprobs: Sequence[float | None] | None = None,
+) -> Correction:
+    """response (EOS stripped) + injected answer text, + EOS again if the model had produced one."""
+    body, had_eos = strip_eos(response_ids, eos_token_ids)
+    tail = [eos_token_ids[0]] if had_eos else []
+    logprobs = None
+    if response_logprobs is not None:
+        logprobs = list(response_logprobs)[: len(body)] + [None] * (len(injection_ids) + len(tail))
+    return _finish("answer", [(body, False), (list(injection_ids) + tail, True)], max_length, logprobs)
+
+
+def replace_with_solution(
+    solution_ids: Sequence[int],
+    eos_token_ids: Sequence[int],
+    max_length: int,
+    with_logprobs: bool = False,
+) -> Correction:
+    """The reference solution + EOS, every token injected."""
+    ids = [*solution_ids, eos_token_ids[0]]
+    logprobs = [None] * len(ids) if with_logprobs else None
+    return _finish("solution", [(ids, True)], max_length, logprobs)
