@@ -1,7 +1,9 @@
 """What Guided Error Correction costs per step, as a function of the share of wrong responses.
 
 For each share f of wrong responses (set exactly by a reward that marks the first (1 - f) of every batch correct),
-three trainers run side by side on the same model, data and seed, in alternation, with fixed-length generation:
+three trainers live side by side in one process on the same model, prompts and seed, and take turns rollout cycle by
+rollout cycle (generation, loss and backward; no optimizer step, so the work stays identical), with fixed-length
+generation:
 
 * ``trl``: TRL's GRPOTrainer (no correction);
 * ``gec``: EdgeGRPOTrainer with forced reflection (every wrong response is continued: the most expensive branch),
@@ -9,7 +11,7 @@ three trainers run side by side on the same model, data and seed, in alternation
 * ``gec whole batch``: the same, but the continuation call regenerates every response of the batch and throws the
   right ones away (what the official EDGE-GRPO code pays for its generation).
 
-Reported: median step time as a ratio to TRL, next to the bound 1 + f * L_cont / L_total, where L_cont is the
+Reported: the median cycle time over the rounds as a ratio to TRL, next to the bound 1 + f * L_cont / L_total, where L_cont is the
 number of tokens a reflection adds (cue + continuation) and L_total the tokens of a rollout response: the extra work
 if step time were proportional to generated tokens.
 
@@ -22,27 +24,18 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import AutoTokenizer, TrainerCallback
+from transformers import AutoTokenizer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.testing import build_tiny_model, tiny_addition_dataset
 
-
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self._start)
+from _common import prepare_for_cycles, time_cycle
 
 
 def share_wrong_reward(wrong_share: float):
@@ -73,14 +66,14 @@ class WholeBatchRegeneration(EdgeGRPOTrainer):
         return kept[: len(prompts)], logprobs
 
 
-def run(model_path: Path, mode: str, wrong_share: float, cli: argparse.Namespace, workdir: Path) -> float:
+def make_trainer(model_path: Path, mode: str, wrong_share: float, cli: argparse.Namespace, workdir: Path) -> Any:
     common = {
         "output_dir": str(workdir),
         "per_device_train_batch_size": cli.batch_size,
         "num_generations": 8,
         "max_completion_length": cli.length,
         "generation_kwargs": {"min_new_tokens": cli.length},
-        "max_steps": cli.steps,
+        "max_steps": 1,
         "learning_rate": 1e-6,
         "bf16": False,
         "gradient_checkpointing": False,
@@ -97,21 +90,16 @@ def run(model_path: Path, mode: str, wrong_share: float, cli: argparse.Namespace
         cue_tokens = len(AutoTokenizer.from_pretrained(model_path)(" Wait! Something is wrong here.")["input_ids"])
         args = EdgeGRPOConfig(**common, force_reflection=True, gec_max_new_tokens=cue_tokens + cli.length)
         trainer_class = EdgeGRPOTrainer if mode == "gec" else WholeBatchRegeneration
-    timer = StepTimer()
-    trainer = trainer_class(
-        str(model_path), reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(1024), callbacks=[timer]
-    )
+    trainer = trainer_class(str(model_path), reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(1024))
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.train()
-    return statistics.fmean(timer.times[1:])
+    return prepare_for_cycles(trainer)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shares", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=15, help="timed cycles per trainer")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--length", type=int, default=32, help="rollout tokens = continuation tokens")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gec_cost.json"))
@@ -121,19 +109,21 @@ def main() -> None:
         model_path = build_tiny_model(Path(tmp) / "model", hidden_size=256, num_hidden_layers=4)
         cue_tokens = len(AutoTokenizer.from_pretrained(model_path)(" Wait! Something is wrong here.")["input_ids"])
         samples: dict[tuple[float, str], list[float]] = {}
-        for round_index in range(cli.rounds):
-            for share in cli.shares:
-                order = modes[round_index % 3 :] + modes[: round_index % 3]
-                for mode in order:
-                    step = run(model_path, mode, share, cli, Path(tmp) / "run")
-                    samples.setdefault((share, mode), []).append(step)
-                    print(f"round {round_index + 1} f_wrong={share:.2f} {mode:<16} {step:.3f}s/step", flush=True)
+        for share in cli.shares:
+            trainers = {mode: make_trainer(model_path, mode, share, cli, Path(tmp) / "run") for mode in modes}
+            batches = iter(trainers["trl"].get_train_dataloader())
+            for round_index in range(cli.rounds):
+                rows = next(batches)
+                for mode in modes[round_index % 3 :] + modes[: round_index % 3]:
+                    samples.setdefault((share, mode), []).append(time_cycle(trainers[mode], rows))
+            for mode in modes:
+                print(f"f_wrong={share:.2f} {mode:<16} median {statistics.median(samples[(share, mode)]):.3f}s/cycle")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU (2 cores)"
     l_cont = cue_tokens + cli.length
     rows = []
     print(f"\ndevice: {device}; batch {cli.batch_size}; rollout L_total={cli.length} tokens; reflection adds "
-          f"L_cont={l_cont} tokens (cue {cue_tokens} + {cli.length}); median of {cli.rounds} runs")  # fmt: skip
-    print("| f_wrong | TRL s/step | GEC s/step | GEC / TRL | bound 1 + f·L_cont/L_total | whole-batch regen / TRL |")
+          f"L_cont={l_cont} tokens (cue {cue_tokens} + {cli.length}); median of {cli.rounds} interleaved cycles")  # fmt: skip
+    print("| f_wrong | TRL s/cycle | GEC s/cycle | GEC / TRL | bound 1 + f·L_cont/L_total | whole-batch regen / TRL |")
     print("|---|---|---|---|---|---|")
     for share in cli.shares:
         trl, gec, whole = (statistics.median(samples[(share, m)]) for m in modes)

@@ -23,9 +23,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
@@ -34,6 +32,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.testing import build_tiny_tokenizer, digit_share_reward, tiny_addition_dataset
+
+from _common import prepare_for_cycles, time_cycle
 
 # (setting, mode) -> EdgeGRPOConfig overrides. None means TRL's own GRPOTrainer, the baseline of its setting.
 SETTINGS = {
@@ -180,22 +180,6 @@ def peak_memory(model_path: Path, overrides: dict | None, common: dict, cli: arg
     return peak
 
 
-def time_cycle(trainer: Any, rows: list) -> float:
-    """Seconds for one rollout cycle: generation, then every micro-step's loss and backward, no optimizer step."""
-    trainer._step, trainer._buffered_inputs = 0, None
-    micro_steps = trainer.args.steps_per_generation * trainer.num_iterations
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(micro_steps):
-        trainer.training_step(trainer.model_wrapped, rows, None)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    trainer.model_wrapped.zero_grad(set_to_none=True)
-    return elapsed
-
-
 def _child_peak_rss(cli: argparse.Namespace, model_path: Path, setting: str, mode: str) -> int:
     """Peak growth of resident memory (bytes) during train() in a fresh process that runs this mode."""
     argv = [sys.executable, __file__, "--child", str(model_path), setting, mode, "--steps", str(cli.steps),
@@ -245,9 +229,7 @@ def main() -> None:
             trainers = {}
             for mode, overrides in spec["modes"].items():
                 trainer = make_trainer(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
-                trainer.args.max_steps = 1
-                trainer.train()  # prepares model, optimizer and accelerator; also a warm-up
-                trainers[mode] = trainer
+                trainers[mode] = prepare_for_cycles(trainer)
                 samples[(setting, mode)] = {"times": [], "peaks": []}
             batches = iter(next(iter(trainers.values())).get_train_dataloader())
             modes = list(trainers)

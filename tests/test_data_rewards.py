@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA
 from datasets import Dataset
 
 from edge_trl.data import (
@@ -22,6 +21,8 @@ from edge_trl.rewards import (
     get_reward_funcs,
     last_boxed,
 )
+
+from conftest import SHARED_DATA
 
 ROWS = [
     {"problem": "What is 1 + 1?", "answer": "2", "solution": "1 + 1 = \\boxed{2}"},
@@ -85,9 +86,9 @@ def test_loader_errors(tmp_path):
     with pytest.raises(DatasetError, match="no such file"):
         load_any_dataset(str(tmp_path / "missing.json"))
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DatasetError, match="unsupported file type '.txt'"):
+    with pytest.raises(DatasetError, match=r"unsupported file type '\.txt'"):
         load_any_dataset(str(tmp_path / "notes.txt"))
-    with pytest.raises(DatasetError, match="not a `datasets.save_to_disk` folder"):
+    with pytest.raises(DatasetError, match=r"not a `datasets\.save_to_disk` folder"):
         load_any_dataset(str(tmp_path))
 
 
@@ -166,5 +167,5 @@ def test_model_aliases():
     assert resolve_model("qwen2.5-math-1.5b") == "Qwen/Qwen2.5-Math-1.5B"
     assert resolve_model("Qwen2.5-Math-7B") == "Qwen/Qwen2.5-Math-7B"
     assert resolve_model("org/model") == "org/model"
-    with pytest.raises(ValueError, match="Did you mean 'qwen2.5-math-1.5b'"):
+    with pytest.raises(ValueError, match=r"Did you mean 'qwen2\.5-math-1\.5b'"):
         resolve_model("qwen2.5-math-1.5")

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SHARED_DATA
 from datasets import Dataset, DatasetDict
 from typer.testing import CliRunner
 
 from edge_trl.cli.main import app
 from edge_trl.evaluation import ks_for, pass_at_k, summarize
+
+from conftest import SHARED_DATA
 
 runner = CliRunner()
 
@@ -27,8 +28,8 @@ def test_pass_at_k_by_hand():
 def test_summary_and_weighted_average_arithmetic():
     per_problem = {
         "aime24": [{"correct": [True, False]}, {"correct": [False, False]}],  # pass@1 = 0.25, pass@2 = 0.5
-        "math500": [{"correct": [True, True]}, {"correct": [True, False]}, {"correct": [False, False]},
-                    {"correct": [True, True]}],  # fmt: skip  # pass@1 = 0.625, pass@2 = 0.75
+        # pass@1 = 0.625, pass@2 = 0.75
+        "math500": [{"correct": c} for c in ([True, True], [True, False], [False, False], [True, True])],
     }
     summary = summarize(per_problem, samples=2)
     assert summary["benchmarks"]["aime24"] == {"problems": 2, "pass@1": 0.25, "pass@2": 0.5}
