@@ -165,6 +165,18 @@ class EdgeGRPOConfig(GRPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._validate_edge()
+        if self.cov_mode == "kl_cov" and self.kl_cov_is_noop:
+            logger.warning(
+                "cov_mode='kl_cov' is a no-op with this configuration: training is fully on-policy "
+                f"(num_iterations={self.num_iterations}, steps_per_generation={self.steps_per_generation}, "
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), so log pi - log pi_old = 0 and "
+                "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
+                "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
+            )
+
+    def _validate_edge(self) -> None:
+        """The checks of the edge-trl fields. Reads plain attributes only, so the CLI can run it on a namespace."""
         self.cov_mode = str(self.cov_mode).strip().lower().replace("-", "_")
         valid_modes = ("none", *COV_MODES)
         if self.cov_mode not in valid_modes:
@@ -215,18 +227,6 @@ class EdgeGRPOConfig(GRPOConfig):
         if self.eda and self.eda_scope == "batch" and getattr(self, "use_liger_loss", False):
             raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
 
-        self._validate_gec()
-
-        if self.cov_mode == "kl_cov" and self.kl_cov_is_noop:
-            logger.warning(
-                "cov_mode='kl_cov' is a no-op with this configuration: training is fully on-policy "
-                f"(num_iterations={self.num_iterations}, steps_per_generation={self.steps_per_generation}, "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), so log pi - log pi_old = 0 and "
-                "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
-                "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
-            )
-
-    def _validate_gec(self) -> None:
         probs = {name: getattr(self, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
         for name, value in probs.items():
             if not 0 <= value <= 1:
@@ -243,7 +243,7 @@ class EdgeGRPOConfig(GRPOConfig):
             )
         if self.gec_max_new_tokens < 1:
             raise ValueError(f"gec_max_new_tokens={self.gec_max_new_tokens} must be >= 1.")
-        if self.gec_correction_active and self.use_vllm and self.vllm_mode not in ("server", "colocate"):
+        if (self.gec or self.force_reflection) and self.use_vllm and self.vllm_mode not in ("server", "colocate"):
             raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={self.vllm_mode!r}.")
 
     @property

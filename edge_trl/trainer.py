@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -485,6 +486,67 @@ class EdgeGRPOTrainer(GRPOTrainer):
         metrics["gec/collapsed_group_share_before"].append(
             collapsed_group_share(self._weighted_reward(rewards), self.num_generations)
         )
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Model card
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """TRL's model card, plus the edge-trl method, its settings, the dataset and the final metrics."""
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if not self.is_world_process_zero():
+            return
+        from edge_trl.recipes import describe_method
+
+        info = getattr(self, "edge_run_info", {})
+        args = self.args
+        settings = {
+            "eda": args.eda, "eda_scope": args.eda_scope, "eda_max_scale": args.eda_max_scale,
+            "gec": args.gec, "force_reflection": args.force_reflection, "cov_mode": args.cov_mode,
+            "loss_type": args.loss_type, "num_generations": args.num_generations,
+            "num_iterations": args.num_iterations, "learning_rate": args.learning_rate, "beta": args.beta,
+        }  # fmt: skip
+        if args.gec or args.force_reflection:
+            settings.update(
+                gec_reflect_prob=args.gec_reflect_prob, gec_answer_prob=args.gec_answer_prob,
+                gec_solution_prob=args.gec_solution_prob, gec_max_new_tokens=args.gec_max_new_tokens,
+            )  # fmt: skip
+        if args.cov_mode == "clip_cov":
+            settings.update(
+                clip_cov_ratio=args.clip_cov_ratio, clip_cov_lb=args.clip_cov_lb, clip_cov_ub=args.clip_cov_ub
+            )
+        elif args.cov_mode == "kl_cov":
+            settings.update(kl_cov_ratio=args.kl_cov_ratio, kl_cov_coef=args.kl_cov_coef)
+        final: dict[str, float] = {}
+        for entry in self.state.log_history:
+            for key, value in entry.items():
+                if isinstance(value, (int, float)) and (
+                    key in ("reward", "train_loss", "entropy") or key.startswith(("rewards/", "edge/", "gec/"))
+                ):
+                    final[key] = value
+        lines = [
+            "",
+            "## Trained with edge-trl",
+            "",
+            f"- Base model: `{info.get('model', self.model.config._name_or_path)}`",
+            f"- Method: {describe_method(args)}" + (f" (`--method {info['method']}`)" if "method" in info else ""),
+            f"- Dataset: `{dataset_name or info.get('dataset', 'unknown')}`",
+            f"- Steps: {self.state.global_step}",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            *(f"| `{k}` | {v} |" for k, v in settings.items()),
+            "",
+            "Final metrics (last logged value):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *(f"| `{k}` | {v:.4g} |" for k, v in sorted(final.items())),
+            "",
+        ]
+        path = os.path.join(args.output_dir, "README.md")
+        with open(path, "a", encoding="utf-8") as card:
+            card.write("\n".join(lines))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Helpers
