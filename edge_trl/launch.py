@@ -322,6 +322,14 @@ def resolve(options: TrainOptions, has_gpu: bool | None = None) -> LaunchPlan:
         value = getattr(options, name)
         return value if value is not None else run.get(name, default)
 
+    from edge_trl import embedded
+
+    use_embedded = pick("model") is None and pick("dataset") is None
+    if use_embedded:  # the built-in tiny model and task: offline, CPU, a few minutes
+        run = {**run, "model": str(embedded.ASSET_DIR), "dataset": embedded.EMBEDDED_DATASET, "method": "grpo",
+               "reward": "accuracy", "template": "plain", **{k: v for k, v in run.items() if k in ("method",)}}  # fmt: skip
+        if options.num_processes is None and not has_gpu:
+            options = dataclasses.replace(options, num_processes=1)
     method = (pick("method", DEFAULT_METHOD) or DEFAULT_METHOD).lower().replace("_", "-")
     if method not in METHODS:
         close = difflib.get_close_matches(method, list(METHODS), n=1)
@@ -329,7 +337,10 @@ def resolve(options: TrainOptions, has_gpu: bool | None = None) -> LaunchPlan:
         raise LaunchError(f"--method {method!r} is unknown.{hint} Methods: {', '.join(METHODS)}.")
     model_name = pick("model")
     if model_name is None:
-        raise LaunchError("No model: pass --model (a Hub id, a local path or an alias such as qwen2.5-math-1.5b).")
+        raise LaunchError(
+            "--dataset needs a model: pass --model (a Hub id, a local path or an alias such as qwen2.5-math-1.5b), "
+            "or neither, for the built-in tiny model and task."
+        )
     try:
         model = resolve_model(str(model_name))
     except ValueError as error:
@@ -346,7 +357,8 @@ def resolve(options: TrainOptions, has_gpu: bool | None = None) -> LaunchPlan:
     if template not in ("chat", "plain"):
         raise LaunchError(f"--template {template!r}: use chat or plain.")
     columns = {c: pick(c) for c in ("prompt_column", "answer_column", "solution_column")}
-    _check_dataset(str(dataset), dataset_split, columns, template)
+    if dataset != embedded.EMBEDDED_DATASET:
+        _check_dataset(str(dataset), dataset_split, columns, template)
 
     launch_args, processes, accelerate_name, env = _resolve_accelerate(options, has_gpu)
 
@@ -367,8 +379,9 @@ def resolve(options: TrainOptions, has_gpu: bool | None = None) -> LaunchPlan:
     output_dir = options.output_dir or Path(recipe.get("output_dir") or overrides.get("output_dir") or (
         Path("outputs") / f"{Path(model).name}-{method}"
     ))  # fmt: skip
+    defaults = {**TRAINING_DEFAULTS, **(embedded.EMBEDDED_TRAINING if use_embedded else {})}
     output_dir = Path(output_dir).expanduser().resolve()
-    settings: dict[str, Any] = {**TRAINING_DEFAULTS, **(CPU_DEFAULTS if not has_gpu else {}), **METHODS[method]}
+    settings: dict[str, Any] = {**defaults, **(CPU_DEFAULTS if not has_gpu else {}), **METHODS[method]}
     settings.update(recipe)
     settings.update(overrides)
     flags = {

@@ -15,16 +15,23 @@ import yaml
 
 
 def build_trainer(spec: dict[str, Any]) -> Any:
-    from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+    from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
     from edge_trl.data import load_any_dataset, prepare_math_dataset
     from edge_trl.rewards import get_reward_funcs
 
     args = EdgeGRPOConfig(**spec["trainer"])
     data = spec["dataset"]
-    columns = {key: data.get(key) for key in ("prompt_column", "answer_column", "solution_column")}
-    dataset = prepare_math_dataset(
-        load_any_dataset(data["source"], split=data["split"]), template=data["template"], **columns
-    )
+    callbacks = []
+    if data["source"] == embedded.EMBEDDED_DATASET:  # the built-in task: generated, plain prompts
+        dataset = embedded.addition_dataset(50_000, seed=args.seed)
+        from transformers import AutoTokenizer
+
+        callbacks.append(embedded.held_out_callback(AutoTokenizer.from_pretrained(spec["model"])))
+    else:
+        columns = {key: data.get(key) for key in ("prompt_column", "answer_column", "solution_column")}
+        dataset = prepare_math_dataset(
+            load_any_dataset(data["source"], split=data["split"]), template=data["template"], **columns
+        )
     peft_config = None
     if spec.get("lora") is not None:
         from peft import LoraConfig
@@ -43,6 +50,7 @@ def build_trainer(spec: dict[str, Any]) -> Any:
         args=args,
         train_dataset=dataset,
         peft_config=peft_config,
+        callbacks=callbacks,
     )
     trainer.edge_run_info = {"method": spec["method"], "dataset": data["source"], "model": spec["model"]}
     return trainer

@@ -314,3 +314,45 @@ def test_push_to_hub_uploads_model_and_card(tmp_path, tiny_model_path, data_file
     assert "pushing to the Hub failed" in failed.stderr and "retry with: hf upload me/tiny-edge" in failed.stderr
     assert (tmp_path / "run2" / "adapter_model.safetensors").is_file()
     assert "hf_secretTOKEN123" not in failed.stdout + failed.stderr
+
+
+# -- the embedded default ----------------------------------------------------------------------------------------------
+
+
+def test_embedded_default_dry_run():
+    command, spec = dry_run()
+    assert "--cpu --num_processes 1" in command
+    assert spec["dataset"]["source"] == "embedded:addition" and spec["method"] == "grpo"
+    assert Path(spec["model"], "model.safetensors").is_file()  # shipped with the package
+    assert spec["trainer"]["max_steps"] == 600 and spec["reward"] == "accuracy"
+    _, spec = dry_run("--method", "edge", "--max-steps", "10")
+    assert spec["trainer"]["gec"] and spec["trainer"]["max_steps"] == 10
+
+
+def test_embedded_model_starts_neither_at_zero_nor_near_full():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edge_trl import embedded
+
+    model = AutoModelForCausalLM.from_pretrained(embedded.ASSET_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(embedded.ASSET_DIR)
+    problems = embedded.held_out_problems(200)
+    greedy = embedded.accuracy(model, tokenizer, problems, greedy=True)
+    sampled = embedded.accuracy(model, tokenizer, problems, greedy=False)
+    assert 0.1 <= sampled <= 0.5 and 0.3 <= greedy <= 0.8
+    assert tokenizer.decode(tokenizer("\\boxed{82}")["input_ids"]) == "\\boxed{82}"  # the decoder fuses characters
+
+
+@pytest.mark.slow
+def test_embedded_default_visibly_learns_within_five_minutes(tmp_path):
+    import time
+
+    start = time.perf_counter()
+    result = edge_trl("train", "--output-dir", str(tmp_path / "run"), timeout=420)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    curve = json.loads((tmp_path / "run" / "accuracy_curve.json").read_text())
+    assert curve[0]["step"] == 0 and curve[-1]["step"] == 600
+    assert curve[-1]["greedy"] - curve[0]["greedy"] >= 0.20, curve
+    assert "start -> end: greedy" in result.stdout and "[held-out] step    0" in result.stdout
+    assert elapsed < 300, f"the embedded default took {elapsed:.0f} s"

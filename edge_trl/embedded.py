@@ -1,0 +1,207 @@
+"""The embedded default: a tiny model and a verifiable task built into edge-trl, so `edge-trl train` with no
+--model and no --dataset trains something real, offline, on a laptop CPU, in a few minutes.
+
+The task is two-number addition, ``"37+45="`` → ``"\\boxed{82}"``, generated here (no download). The model is a
+Qwen2-architecture LM (hidden 128, 2 layers, 4 heads, ~0.56M parameters) with a byte-level tokenizer without merges
+(one token per character, and a decoder that fuses them back, so ``\\boxed`` decodes as written). It ships in
+``edge_trl/assets/embedded-adder`` after a short supervised warm-up that this module also contains::
+
+    python -m edge_trl.embedded --out edge_trl/assets/embedded-adder
+
+The warm-up stops at the first evaluation where sampled held-out accuracy reaches ``--target`` (default 20%):
+accuracy jumps sharply, at a different step for each seed, so the checkpoint is chosen by measured accuracy, not by
+step count. The shipped one starts GRPO at about 24% sampled / 61% greedy accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+from typing import Any
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets" / "embedded-adder"
+EMBEDDED_DATASET = "embedded:addition"
+PAD, EOS = "<|endoftext|>", "<|im_end|>"
+MAX_NEW_TOKENS = 12
+
+# Training settings of the embedded run (below any explicit flag). Measured on 2 CPU cores: about 0.27 s/step,
+# greedy held-out accuracy 57% -> 82% after 450 steps.
+EMBEDDED_TRAINING: dict[str, Any] = {
+    "learning_rate": 1e-4,
+    "per_device_train_batch_size": 128,
+    "num_generations": 8,
+    "max_completion_length": MAX_NEW_TOKENS,
+    "max_steps": 600,
+    "temperature": 1.0,
+    "beta": 0.0,
+    "logging_steps": 25,
+    "save_steps": 150,
+}
+
+
+def addition_problem(rng: random.Random) -> tuple[str, str]:
+    a, b = rng.randint(0, 99), rng.randint(0, 99)
+    return f"{a}+{b}=", str(a + b)
+
+
+def addition_dataset(num: int, seed: int) -> Any:
+    """``num`` addition problems as a dataset with columns prompt (plain text) and answer."""
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    return Dataset.from_list([{"prompt": p, "answer": a} for p, a in (addition_problem(rng) for _ in range(num))])
+
+
+def held_out_problems(num: int = 300) -> list[tuple[str, str]]:
+    """Evaluation problems, drawn from a seed no training set uses."""
+    rng = random.Random(10_000_019)
+    return [addition_problem(rng) for _ in range(num)]
+
+
+def accuracy(model: Any, tokenizer: Any, problems: list[tuple[str, str]], greedy: bool, seed: int = 0) -> float:
+    """Share of problems whose completion is exactly ``\\boxed{answer}`` (sampled at temperature 1, or greedy)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([p for p, _ in problems], return_tensors="pt", padding=True).to(model.device)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            **encoded,
+            max_new_tokens=MAX_NEW_TOKENS,
+            do_sample=not greedy,
+            temperature=None if greedy else 1.0,
+            top_k=None,
+            top_p=None,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
+    return sum(t.strip() == f"\\boxed{{{a}}}" for t, (_, a) in zip(texts, problems, strict=True)) / len(problems)
+
+
+def build_tokenizer() -> Any:
+    from transformers.models.qwen2 import Qwen2Tokenizer
+
+    rng = random.Random(0)
+    corpus = ["".join(addition_problem(rng)) + "\\boxed{}" for _ in range(500)]
+    # vocab_size 256 = the byte alphabet: no merges, one token per character.
+    tokenizer = Qwen2Tokenizer().train_new_from_iterator(corpus, vocab_size=256, new_special_tokens=[PAD, EOS])
+    tokenizer.add_special_tokens({"pad_token": PAD, "eos_token": EOS})
+    return tokenizer
+
+
+def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000, log: Any = print) -> dict:
+    """Supervised warm-up on addition until sampled held-out accuracy reaches ``target``; saves to ``out``."""
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    rng, eos = random.Random(seed + 1), tokenizer.eos_token_id
+    problems = held_out_problems(200)
+    for step in range(1, max_steps + 1):
+        rows = [addition_problem(rng) for _ in range(64)]
+        prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
+        targets = [tokenizer(f"\\boxed{{{a}}}")["input_ids"] + [eos] for _, a in rows]
+        length = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+        ids = torch.full((64, length), tokenizer.pad_token_id)
+        labels = torch.full((64, length), -100)
+        mask = torch.zeros(64, length, dtype=torch.long)
+        for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+            ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+            labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+            mask[i, : len(p) + len(t)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step % 25 == 0 and step >= 200:
+            sampled = accuracy(model, tokenizer, problems, greedy=False)
+            greedy = accuracy(model, tokenizer, problems, greedy=True)
+            log(f"warm-up step {step}: loss {loss.item():.3f}, sampled {sampled:.1%}, greedy {greedy:.1%}")
+            if sampled >= target:
+                model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+                out.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(out)
+                tokenizer.save_pretrained(out)
+                return {"step": step, "sampled": sampled, "greedy": greedy}
+    raise RuntimeError(f"the warm-up did not reach {target:.0%} sampled accuracy in {max_steps} steps")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the embedded tiny model (supervised warm-up on addition).")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out accuracy")
+    options = parser.parse_args()
+    result = warm_up(options.out, options.seed, options.target)
+    print(f"saved {options.out}: step {result['step']}, sampled {result['sampled']:.1%}, greedy {result['greedy']:.1%}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+def held_out_callback(tokenizer: Any, every: int = 50, num_problems: int = 300) -> Any:
+    """A TrainerCallback that prints held-out accuracy (greedy and sampled) at the start, every ``every`` steps and at
+    the end, then the curve; it also writes ``accuracy_curve.json`` to the output directory."""
+    import json
+
+    from transformers import TrainerCallback
+
+    problems = held_out_problems(num_problems)
+
+    class HeldOutAccuracy(TrainerCallback):
+        def __init__(self) -> None:
+            self.curve: list[dict[str, float]] = []
+
+        def _measure(self, args, state, model) -> None:
+            if not state.is_world_process_zero or model is None:
+                return
+            point = {
+                "step": state.global_step,
+                "greedy": accuracy(model, tokenizer, problems, greedy=True),
+                "sampled": accuracy(model, tokenizer, problems, greedy=False, seed=state.global_step),
+            }
+            self.curve.append(point)
+            print(
+                f"[held-out] step {point['step']:>4}: greedy {point['greedy']:6.1%}  sampled {point['sampled']:6.1%}",
+                flush=True,
+            )
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(args.output_dir) / "accuracy_curve.json").write_text(json.dumps(self.curve, indent=1))
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self._measure(args, state, model)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 and state.global_step < state.max_steps:
+                self._measure(args, state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self._measure(args, state, model)
+            if not state.is_world_process_zero or len(self.curve) < 2:
+                return
+            first, last = self.curve[0], self.curve[-1]
+            print("\nheld-out accuracy (greedy), one bar per evaluation:", flush=True)
+            for point in self.curve:
+                print(f"  step {point['step']:>4} {'#' * round(40 * point['greedy']):<40} {point['greedy']:.1%}")
+            print(
+                f"start -> end: greedy {first['greedy']:.1%} -> {last['greedy']:.1%} "
+                f"({100 * (last['greedy'] - first['greedy']):+.1f} points), sampled {first['sampled']:.1%} -> "
+                f"{last['sampled']:.1%} ({100 * (last['sampled'] - first['sampled']):+.1f} points)",
+                flush=True,
+            )
+
+    return HeldOutAccuracy()
