@@ -1,7 +1,7 @@
 """Entry point of the `edge-trl` command.
 
 `train` resolves and launches a run through `accelerate launch`; `configs` lists the shipped accelerate configs and
-recipes; `eval` scores a model on the math benchmarks; `env` reports versions for bug reports.
+recipes; `eval` scores a model on the math benchmarks; `plot` draws the curves of runs; `env` reports versions.
 """
 
 from __future__ import annotations
@@ -135,6 +135,24 @@ def configs(name: Annotated[str | None, typer.Argument(help="A config or recipe 
             first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line), "")
             typer.echo(f"  {key:<32} {first}")
         typer.echo("")
+
+
+@app.command()
+def plot(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Output folders of runs (or checkpoint folders).")],
+    out: Annotated[Path, typer.Option(help="The PNG to write.")] = Path("edge_trl_runs.png"),
+    label: Annotated[list[str] | None, typer.Option(help="A label per run, in order (default: folder names).")] = None,
+) -> None:
+    """Plot reward, accuracy, entropy, advantage variance, collapsed-group share and Cov metrics of runs."""
+    from edge_trl.plotting import NotARunError, plot_runs
+
+    if label and len(label) != len(run_dirs):
+        _fail(f"--label was given {len(label)} times for {len(run_dirs)} runs: give one per run, or none.")
+    try:
+        panels = plot_runs(run_dirs, out, labels=label or None)
+    except NotARunError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {out}: {', '.join(panels)}")
 
 
 @app.command("eval")

@@ -356,3 +356,5 @@ def test_embedded_default_visibly_learns_within_five_minutes(tmp_path):
     assert curve[-1]["greedy"] - curve[0]["greedy"] >= 0.20, curve
     assert "start -> end: greedy" in result.stdout and "[held-out] step    0" in result.stdout
     assert elapsed < 300, f"the embedded default took {elapsed:.0f} s"
+    plotted = runner.invoke(app, ["plot", str(tmp_path / "run"), "--out", str(tmp_path / "curve.png")])
+    assert plotted.exit_code == 0 and "held-out accuracy (greedy)" in plotted.output
