@@ -59,7 +59,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
     """GRPO with EDGE-GRPO's Entropy-Driven Advantage and Guided Error Correction, and Cui et al.'s Clip-Cov / KL-Cov.
 
     Takes exactly the arguments of [`trl.GRPOTrainer`]; ``args`` must be an [`EdgeGRPOConfig`]. Extra metrics, logged
-    through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var_before_eda``,
+    through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var`` (every rollout), ``adv_var_before_eda``,
     ``adv_var_after_eda``, ``eda_scale_{min,mean,max}``, ``eda_extra_forward_s``, ``cov_mean``,
     ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``; and under
     ``gec/``: ``corrected_share``, ``{reflect,answer,solution,truncated}_count``, ``reflection_new_tokens_mean``,
@@ -118,6 +118,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         all_advantages = self.accelerator.gather(advantages)
         metrics = self._metrics[mode]
         metrics["edge/collapsed_group_share"].append(collapsed_group_share(all_advantages, group_size))
+        metrics["edge/adv_var"].append(all_advantages.float().var(unbiased=False).item())  # before any EDA scaling
         if correcting and self._last_rewards_per_func is not None:  # TRL's rewards of the corrected responses
             rewards = self._last_rewards_per_func
             metrics["gec/accuracy_after"].append(self._gec_is_correct(rewards).float().mean().item())
