@@ -111,21 +111,7 @@ def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000
     rng, eos = random.Random(seed + 1), tokenizer.eos_token_id
     problems = held_out_problems(200)
     for step in range(1, max_steps + 1):
-        rows = [addition_problem(rng) for _ in range(64)]
-        prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
-        targets = [tokenizer(f"\\boxed{{{a}}}")["input_ids"] + [eos] for _, a in rows]
-        length = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
-        ids = torch.full((64, length), tokenizer.pad_token_id)
-        labels = torch.full((64, length), -100)
-        mask = torch.zeros(64, length, dtype=torch.long)
-        for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
-            ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-            labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
-            mask[i, : len(p) + len(t)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        loss = _supervised_step(model, tokenizer, optimizer, rng)
         if step % 25 == 0 and step >= 200:
             sampled = accuracy(model, tokenizer, problems, greedy=False)
             greedy = accuracy(model, tokenizer, problems, greedy=True)
@@ -139,12 +125,66 @@ def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000
     raise RuntimeError(f"the warm-up did not reach {target:.0%} sampled accuracy in {max_steps} steps")
 
 
+def _supervised_step(model: Any, tokenizer: Any, optimizer: Any, rng: random.Random, batch: int = 64) -> Any:
+    """One cross-entropy step on ``batch`` fresh problems (loss on the completion ``\\boxed{answer}`` + EOS only)."""
+    import torch
+
+    rows = [addition_problem(rng) for _ in range(batch)]
+    prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
+    targets = [tokenizer(f"\\boxed{{{a}}}")["input_ids"] + [tokenizer.eos_token_id] for _, a in rows]
+    length = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+    ids = torch.full((batch, length), tokenizer.pad_token_id)
+    labels = torch.full((batch, length), -100)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
+        mask[i, : len(p) + len(t)] = 1
+    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss
+
+
+def supervised_control(seconds: float, seed: int = 0, lr: float = 5e-4) -> dict[str, float]:
+    """The honest control for "GRPO learns": the same wall-clock time spent on more supervised warm-up instead,
+    from the shipped checkpoint. Returns held-out greedy/sampled accuracy and the steps it managed."""
+    import time
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(ASSET_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(ASSET_DIR)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng, steps, start = random.Random(seed + 7), 0, time.perf_counter()
+    model.train()
+    while time.perf_counter() - start < seconds:
+        _supervised_step(model, tokenizer, optimizer, rng)
+        steps += 1
+    problems = held_out_problems()
+    return {
+        "steps": steps,
+        "greedy": accuracy(model, tokenizer, problems, greedy=True),
+        "sampled": accuracy(model, tokenizer, problems, greedy=False),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Build the embedded tiny model (supervised warm-up on addition).")
     parser.add_argument("--out", type=Path, default=ASSET_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out accuracy")
+    parser.add_argument("--control-seconds", type=float, default=None,
+                        help="instead: continue supervised training of the shipped model for this many seconds")  # fmt: skip
     options = parser.parse_args()
+    if options.control_seconds is not None:
+        result = supervised_control(options.control_seconds, options.seed)
+        print(f"supervised control, {options.control_seconds:.0f} s ({result['steps']} steps): held-out greedy "
+              f"{result['greedy']:.1%}, sampled {result['sampled']:.1%}")  # fmt: skip
+        return
     result = warm_up(options.out, options.seed, options.target)
     print(f"saved {options.out}: step {result['step']}, sampled {result['sampled']:.1%}, greedy {result['greedy']:.1%}")
 

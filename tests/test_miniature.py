@@ -29,3 +29,14 @@ def test_miniature_short_run(tmp_path):
     assert "eda: EDA raises advantage variance" in names and "gec: GEC lowers the collapsed-group share" in names
     assert any(n.startswith("kl-cov keeps entropy higher") for n in names)
     assert json.loads((out / "summary.json").read_text())["methods"]["kl-cov"]["final_held_out_greedy"] is not None
+
+
+def test_supervised_control_runs_for_the_given_time():
+    import time
+
+    from edge_trl.embedded import supervised_control
+
+    start = time.perf_counter()
+    result = supervised_control(seconds=2.0)
+    assert 2.0 <= time.perf_counter() - start < 30
+    assert result["steps"] > 0 and 0.0 <= result["greedy"] <= 1.0 and 0.0 <= result["sampled"] <= 1.0
