@@ -143,25 +143,13 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
 
 
-def _last_boxed(text: str) -> str | None:
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j].strip()
-    return None
-
-
 def boxed_answer_reward(completions: list, answer: list, **_: object) -> list[float]:
     """1.0 when the last ``\\boxed{...}`` of a completion equals the reference answer as a string, else 0.0.
 
     A plain exact-match grader for tests on the synthetic addition task (math-verify grades real math).
     """
     from edge_trl.data import normalize_answer
+    from edge_trl.rewards import completion_text, last_boxed
 
-    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    boxed = [_last_boxed(t) for t in texts]
+    boxed = [last_boxed(completion_text(c)) for c in completions]
     return [float(b is not None and b == normalize_answer(a)) for b, a in zip(boxed, answer, strict=True)]
