@@ -36,6 +36,7 @@ __all__ = [
     "ppo_clipped_mask",
     "register_cov_mode",
     "response_entropy",
+    "scale_per_response",
     "token_covariance",
 ]
 
@@ -102,6 +103,12 @@ def entropy_scale(
     return scale.to(response_entropies.dtype)
 
 
+def scale_per_response(advantages: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """A_i * s_i for per-sequence advantages (B,), or A_it * s_i for per-token advantages (B, T)."""
+    scale = scale.to(advantages.dtype)
+    return advantages * (scale if advantages.dim() == 1 else scale.unsqueeze(-1))
+
+
 @torch.no_grad()
 def entropy_driven_advantages(
     advantages: torch.Tensor,
@@ -124,8 +131,7 @@ def entropy_driven_advantages(
     """
     h = response_entropy(entropies, mask)
     valid = mask.sum(-1) > 0
-    scale = entropy_scale(h, valid, group_size, entropy_floor, min_scale, max_scale).to(advantages.dtype)
-    return advantages * (scale if advantages.dim() == 1 else scale.unsqueeze(-1))
+    return scale_per_response(advantages, entropy_scale(h, valid, group_size, entropy_floor, min_scale, max_scale))
 
 
 @torch.no_grad()

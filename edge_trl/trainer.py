@@ -48,6 +48,7 @@ from edge_trl.core_algos import (
     kl_cov_penalty,
     ppo_clipped_mask,
     response_entropy,
+    scale_per_response,
     token_covariance,
 )
 from edge_trl.data import normalize_answer
@@ -144,7 +145,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         all_entropy = self.accelerator.gather(response_entropy(entropies, mask))
         all_valid = self.accelerator.gather(mask.sum(-1) > 0)
         all_scale = self._eda_scale(all_entropy, all_valid, group_size)
-        output["advantages"] = advantages * self._local_slice(all_scale, advantages.size(0))
+        output["advantages"] = scale_per_response(advantages, self._local_slice(all_scale, advantages.size(0)))
         self._log_eda(mode, all_advantages, all_scale)
         return output
 
@@ -225,8 +226,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 order = torch.argsort(self.accelerator.gather(group_ids), stable=True)
                 all_scale = torch.empty_like(all_entropy)
                 all_scale[order] = self._eda_scale(all_entropy[order], all_valid[order], group_size)
-            scale = self._local_slice(all_scale, advantages.size(0))
-            inputs["advantages"] = advantages * (scale if advantages.dim() == 1 else scale.unsqueeze(-1))
+            inputs["advantages"] = scale_per_response(advantages, self._local_slice(all_scale, advantages.size(0)))
             self._log_eda(mode, all_advantages, all_scale)
 
         cov_mode = self.args.cov_mode
@@ -573,8 +573,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         )
 
     def _log_eda(self, mode: str, all_advantages: torch.Tensor, all_scale: torch.Tensor) -> None:
-        scale = all_scale.to(all_advantages.dtype)
-        scaled = all_advantages * (scale if all_advantages.dim() == 1 else scale.unsqueeze(-1))
+        scaled = scale_per_response(all_advantages, all_scale)
         metrics = self._metrics[mode]
         metrics["edge/adv_var_before_eda"].append(all_advantages.float().var(unbiased=False).item())
         metrics["edge/adv_var_after_eda"].append(scaled.float().var(unbiased=False).item())
