@@ -24,7 +24,7 @@ class EdgeGRPOConfig(GRPOConfig):
     Entropy-Driven Advantage (EDGE-GRPO, arXiv 2507.21848):
         eda, eda_scope, eda_entropy_floor, eda_min_scale, eda_max_scale
     Covariance-based entropy control (Cui et al., arXiv 2505.22617):
-        cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef
+        cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef, kl_cov_clip
     Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline:
         gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
         gec_max_new_tokens, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
@@ -70,8 +70,9 @@ class EdgeGRPOConfig(GRPOConfig):
         default="none",
         metadata={
             "help": "Covariance-based entropy control (Cui et al.). 'none', 'clip_cov' (stop the gradient of a random "
-            "share of high-covariance tokens) or 'kl_cov' (KL penalty on the top-k covariance tokens). The "
-            "hyphenated spellings 'clip-cov' and 'kl-cov' are accepted.",
+            "share of high-covariance tokens) or 'kl_cov' (the authors' unclipped -r*A loss plus a KL penalty on the "
+            "top-k covariance tokens). The hyphenated spellings 'clip-cov' and 'kl-cov' are accepted; a mode "
+            "registered with edge_trl.core_algos.register_cov_mode is accepted by its name.",
             "choices": ["none", *COV_MODES],
         },
     )
@@ -95,6 +96,14 @@ class EdgeGRPOConfig(GRPOConfig):
     kl_cov_coef: float = field(
         default=1.0, metadata={"help": "KL-Cov: coefficient of |log pi - log pi_old| on the selected tokens."}
     )
+    kl_cov_clip: bool = field(
+        default=False,
+        metadata={
+            "help": "KL-Cov: keep PPO's clipped surrogate -min(r*A, clip(r)*A) and add the penalty on top. Default "
+            "False: the authors' loss, the unclipped -r*A on every token (compute_policy_loss_kl_cov in "
+            "PRIME-RL/Entropy-Mechanism-of-RL and verl)."
+        },
+    )
     gec: bool = field(
         default=False,
         metadata={
@@ -107,7 +116,8 @@ class EdgeGRPOConfig(GRPOConfig):
         default=False,
         metadata={
             "help": "The forced-reflection baseline: correct every wrong response by reflection only (implies the "
-            "GEC machinery; the branch probabilities are ignored)."
+            "GEC machinery; the branch probabilities are ignored). With gec=True as well, GEC wins, as in the "
+            "official code: all three branches are drawn (a warning says so)."
         },
     )
     gec_reflection_cue: str = field(
@@ -173,6 +183,12 @@ class EdgeGRPOConfig(GRPOConfig):
                 f"gradient_accumulation_steps={self.gradient_accumulation_steps}), so log pi - log pi_old = 0 and "
                 "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
                 "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
+            )
+        if self.gec and self.force_reflection:
+            logger.warning(
+                "gec=True with force_reflection=True: GEC takes precedence, as in the official EDGE-GRPO code "
+                "(train_grpo.sh sets both), so wrong responses are corrected by all three branches (reflection, "
+                "answer, solution), not by reflection only. Set gec=False for the forced-reflection baseline."
             )
 
     def _validate_edge(self) -> None:
@@ -250,6 +266,11 @@ class EdgeGRPOConfig(GRPOConfig):
     def gec_correction_active(self) -> bool:
         """True when wrong responses are corrected (GEC or the forced-reflection baseline)."""
         return self.gec or self.force_reflection
+
+    @property
+    def reflection_only(self) -> bool:
+        """True for the forced-reflection baseline alone: with gec=True as well, GEC's three branches win."""
+        return self.force_reflection and not self.gec
 
     @property
     def kl_cov_is_noop(self) -> bool:

@@ -16,7 +16,13 @@ It hooks TRL at these seams and re-implements no TRL method body:
 * ``_get_per_token_logps_and_entropies`` (inside TRL's loss): right after the training forward, deferred group EDA
   and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), Clip-Cov detaches
   the log-probs of the selected tokens (their gradient is stopped), and KL-Cov builds its penalty.
-* ``_compute_loss``: adds the KL-Cov penalty, reduced exactly like TRL reduces its per-token loss.
+* ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
+  and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
+
+What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
+``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
+travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``), a key of TRL's batch that survives its
+shuffle into micro-batches.
 
 All hooks follow TRL 1.16 (the range pinned in pyproject.toml; ``tests/test_compat.py`` fails on another version).
 With every EDGE feature off, the trainer runs TRL's code paths unchanged.
@@ -26,9 +32,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -40,13 +48,11 @@ from edge_trl import gec
 from edge_trl._compat import check_trl_version
 from edge_trl.config import EdgeGRPOConfig
 from edge_trl.core_algos import (
+    CovSettings,
     aggregate_token_loss,
-    clip_cov_mask,
     collapsed_group_share,
     entropy_scale,
-    kl_cov_mask,
-    kl_cov_penalty,
-    ppo_clipped_mask,
+    get_cov_mode,
     response_entropy,
     scale_per_response,
     token_covariance,
@@ -55,16 +61,55 @@ from edge_trl.data import normalize_answer
 
 logger = logging.getLogger(__name__)
 
+# Key of TRL's batch that carries each response's group id through TRL's shuffle (deferred group-scope EDA).
+GROUP_IDS_KEY = "edge_group_ids"
+
+
+@dataclass
+class _RolloutState:
+    """What the hooks of one ``_generate_and_score_completions`` call share; created at its start, dropped at its end.
+
+    * ``gec_rows``: the dataset rows of the rollout when its wrong responses are corrected (read by ``_generate``),
+      else None;
+    * ``capture_entropies``: group-scope EDA wants the entropies of TRL's no-grad old-log-prob forward of this rollout;
+      ``captured_logps`` / ``captured_entropies`` are what that forward returned;
+    * ``rewards_per_func``: the last rewards TRL computed (after GEC: those of the corrected responses).
+    """
+
+    gec_rows: list[dict[str, Any]] | None = None
+    capture_entropies: bool = False
+    captured_logps: torch.Tensor | None = None
+    captured_entropies: torch.Tensor | None = None
+    rewards_per_func: torch.Tensor | None = None
+
+
+@dataclass
+class _LossState:
+    """What the hooks of one ``_compute_loss`` call share; created at its start, dropped at its end.
+
+    * ``inputs``: a shallow copy of the micro-batch TRL's loss reads (the hooks may replace its advantages);
+    * ``penalty``: a covariance mode's extra loss term, already reduced like TRL's loss (None: nothing to add);
+    * ``saved_epsilons``: PPO's clip range, saved while a covariance mode has TRL compute the unclipped surrogate.
+    """
+
+    inputs: dict[str, Any]
+    penalty: torch.Tensor | None = None
+    saved_epsilons: tuple[float, float] | None = None
+
 
 class EdgeGRPOTrainer(GRPOTrainer):
     """GRPO with EDGE-GRPO's Entropy-Driven Advantage and Guided Error Correction, and Cui et al.'s Clip-Cov / KL-Cov.
 
-    Takes exactly the arguments of [`trl.GRPOTrainer`]; ``args`` must be an [`EdgeGRPOConfig`]. Extra metrics, logged
+    Takes the arguments of [`trl.GRPOTrainer`]; ``args`` must be an [`EdgeGRPOConfig`]. ``edge_run_info`` (also a
+    public attribute, which may be set after construction) is shown on the model card: the keys ``method``,
+    ``dataset`` and ``model`` are read, all optional. Extra metrics, logged
     through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var`` (every rollout), ``adv_var_before_eda``,
     ``adv_var_after_eda``, ``eda_scale_{min,mean,max}``, ``eda_extra_forward_s``, ``cov_mean``,
     ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``; and under
     ``gec/``: ``corrected_share``, ``{reflect,answer,solution,truncated}_count``, ``reflection_new_tokens_mean``,
-    ``accuracy_before``/``accuracy_after`` and ``collapsed_group_share_before``/``collapsed_group_share_after``.
+    ``accuracy_before``/``accuracy_after``, ``collapsed_group_share_before``/``collapsed_group_share_after`` and
+    ``mean_length_before``. With GEC, TRL's ``completions/*`` length metrics and ``num_tokens`` count the corrected
+    completions, the ones trained on.
 
     With GEC, reward functions run twice on a training rollout: once to find the wrong responses, once on the
     corrected ones (the rewards TRL trains on).
@@ -72,7 +117,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
     _tag_names: ClassVar[list[str]] = ["trl", "grpo", "edge-trl"]
 
-    def __init__(self, model: Any, reward_funcs: Any = None, args: EdgeGRPOConfig | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any,
+        reward_funcs: Any = None,
+        args: EdgeGRPOConfig | None = None,
+        edge_run_info: dict[str, str] | None = None,
+        **kwargs: Any,
+    ):
         check_trl_version()
         if args is None:
             model_name = model if isinstance(model, str) else model.config._name_or_path
@@ -82,12 +134,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 "EdgeGRPOTrainer needs `args` to be an EdgeGRPOConfig, got a plain GRPOConfig: build it with "
                 "`edge_trl.EdgeGRPOConfig(...)` (it takes every GRPOConfig field)."
             )
-        # State shared between the hooks of one call; None outside it.
-        self._edge_loss_inputs: dict[str, Any] | None = None
-        self._kl_cov_penalty: torch.Tensor | None = None
-        self._rollout_capture: dict[str, torch.Tensor] | None = None
-        self._gec_rows: list[dict[str, Any]] | None = None
-        self._last_rewards_per_func: torch.Tensor | None = None
+        self.edge_run_info: dict[str, str] = dict(edge_run_info or {})
+        # State shared between the hooks of one call (see _RolloutState / _LossState); None outside that call.
+        self._rollout: _RolloutState | None = None
+        self._loss: _LossState | None = None
         super().__init__(model, reward_funcs, args=args, **kwargs)
         if self.args.gec_correction_active:
             self._setup_gec(kwargs.get("train_dataset"))
@@ -105,23 +155,26 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         group_eda = self.args.eda and self.args.eda_scope == "group"
-        self._rollout_capture = {} if group_eda and self._trl_computes_old_logps() else None
         correcting = self.args.gec_correction_active and self.model.training
-        self._gec_rows = inputs if correcting else None  # read by our _generate, which TRL calls in between
+        rollout = _RolloutState(
+            gec_rows=inputs if correcting else None,
+            capture_entropies=group_eda and self._trl_computes_old_logps(),
+        )
+        self._rollout = rollout
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            capture, self._rollout_capture, self._gec_rows = self._rollout_capture, None, None
+            self._rollout = None
 
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         advantages = output["advantages"]
         all_advantages = self.accelerator.gather(advantages)
         metrics = self._metrics[mode]
         metrics["edge/collapsed_group_share"].append(collapsed_group_share(all_advantages, group_size))
         metrics["edge/adv_var"].append(all_advantages.float().var(unbiased=False).item())  # before any EDA scaling
-        if correcting and self._last_rewards_per_func is not None:  # TRL's rewards of the corrected responses
-            rewards = self._last_rewards_per_func
+        if correcting and rollout.rewards_per_func is not None:  # TRL's rewards of the corrected responses
+            rewards = rollout.rewards_per_func
             metrics["gec/accuracy_after"].append(self._gec_is_correct(rewards).float().mean().item())
             metrics["gec/collapsed_group_share_after"].append(
                 collapsed_group_share(self._weighted_reward(rewards), group_size)
@@ -131,14 +184,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
         mask = self._loss_mask(output)
         # Reuse TRL's old-log-prob forward only if what we captured is really what TRL returned as old log-probs.
-        if capture and capture.get("logps") is output.get("old_per_token_logps"):
-            entropies = capture["entropies"]
+        if rollout.captured_logps is not None and rollout.captured_logps is output.get("old_per_token_logps"):
+            entropies = rollout.captured_entropies
         elif mode == "eval" or self.args.steps_per_generation == 1:
             # The next loss forward sees this whole generation batch with the same weights: take the entropies from
             # it (free) instead of an extra forward. TRL shuffles the batch, so tag each response with its group.
             start = self.accelerator.process_index * advantages.size(0)
             positions = torch.arange(start, start + advantages.size(0), device=advantages.device)
-            output["edge_group_ids"] = positions // group_size
+            output[GROUP_IDS_KEY] = positions // group_size
             return output
         else:
             entropies = self._rollout_entropies(output)
@@ -153,7 +206,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
     def _rollout_entropies(self, batch: dict[str, Any]) -> torch.Tensor:
         """The one extra no-grad forward group-scope EDA needs when TRL computes no old log-probs."""
         start = time.perf_counter()
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
         input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
         attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
@@ -174,46 +227,45 @@ class EdgeGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        eda_in_loss = "edge_group_ids" in inputs or (self.args.eda and self.args.eda_scope == "batch")
+        eda_in_loss = GROUP_IDS_KEY in inputs or (self.args.eda and self.args.eda_scope == "batch")
         if not eda_in_loss and self.args.cov_mode == "none":
             return super()._compute_loss(model, inputs)
         # Shallow copy: TRL reuses the buffered batch across iterations, and batch-scope EDA replaces its advantages.
-        self._edge_loss_inputs = dict(inputs)
-        self._kl_cov_penalty = None
+        state = _LossState(inputs=dict(inputs))
+        self._loss = state
         try:
-            loss = super()._compute_loss(model, self._edge_loss_inputs)
+            loss = super()._compute_loss(model, state.inputs)
         finally:
-            self._edge_loss_inputs = None
-        if self._kl_cov_penalty is not None:
-            loss = loss + self._kl_cov_penalty
-            self._kl_cov_penalty = None
-        return loss
+            if state.saved_epsilons is not None:
+                self.epsilon_low, self.epsilon_high = state.saved_epsilons
+            self._loss = None
+        return loss if state.penalty is None else loss + state.penalty
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
-        capture = self._rollout_capture
-        if capture is not None and not capture and not torch.is_grad_enabled():
+        rollout = self._rollout
+        capturing = rollout is not None and rollout.capture_entropies and rollout.captured_logps is None
+        if capturing and not torch.is_grad_enabled():
             # TRL's no-grad old-log-prob forward of this rollout: have it return the entropies too.
             kwargs["compute_entropy"] = True
             logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
             )
-            capture.update(logps=logps, entropies=entropies)
+            rollout.captured_logps, rollout.captured_entropies = logps, entropies
             return logps, entropies, aux
 
         logps, entropies, aux = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
         )
-        inputs = self._edge_loss_inputs
-        if inputs is not None and entropies is not None:  # the forward of TRL's _compute_loss
-            logps = self._apply_loss_hooks(inputs, logps, entropies)
+        if self._loss is not None and entropies is not None:  # the forward of TRL's _compute_loss
+            logps = self._apply_loss_hooks(self._loss.inputs, logps, entropies)
         return logps, entropies, aux
 
     def _apply_loss_hooks(self, inputs: dict[str, Any], logps: torch.Tensor, entropies: torch.Tensor) -> torch.Tensor:
-        mode = "train" if self.model.training else "eval"
+        mode = self._mode()
         mask = self._loss_mask(inputs)
         metrics = self._metrics[mode]
 
-        group_ids = inputs.pop("edge_group_ids", None)
+        group_ids = inputs.pop(GROUP_IDS_KEY, None)
         if group_ids is not None or (self.args.eda and self.args.eda_scope == "batch"):
             advantages = inputs["advantages"]
             all_advantages = self.accelerator.gather(advantages)
@@ -235,35 +287,41 @@ class EdgeGRPOTrainer(GRPOTrainer):
         advantages = inputs["advantages"]
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
-        cov = token_covariance(advantages, logps, mask)
-        if cov_mode == "clip_cov":
-            ratio = torch.exp(logps.detach() - old_logps)
-            already_clipped = ppo_clipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
-            selected = clip_cov_mask(
-                cov,
-                mask,
-                self.args.clip_cov_ratio,
-                self.args.clip_cov_lb,
-                self.args.clip_cov_ub,
-                exclude=already_clipped,
-                generator=self._clip_cov_generator(),
-            )
-            # Stop the gradient of the selected tokens: the loss value is unchanged, their gradient is 0.
-            logps = torch.where(selected, logps.detach(), logps)
-        else:
-            selected = kl_cov_mask(cov, mask, self.args.kl_cov_ratio)
-            per_token_penalty = kl_cov_penalty(logps, old_logps, selected, self.args.kl_cov_coef)
-            self._kl_cov_penalty = self._reduce_like_trl(per_token_penalty, mask, inputs)
-            penalty_total = self.accelerator.reduce(per_token_penalty.detach().sum(), reduction="sum")
+        terms = get_cov_mode(cov_mode)(logps, old_logps, advantages, mask, self._cov_settings())
+        if terms.unclipped:
+            # TRL 1.16 _compute_loss computes -min(r A, clamp(r, 1 - eps_low, 1 + eps_high) A): with an infinite clip
+            # range the clamp is the identity and the surrogate is -r A on every token, value and gradient (TRL's
+            # clip_ratio/* metrics then read 0: nothing is clipped). _compute_loss restores the range afterwards.
+            self._loss.saved_epsilons = (self.epsilon_low, self.epsilon_high)
+            self.epsilon_low = self.epsilon_high = math.inf
+        selected = terms.selected
+        if terms.penalty is not None:
+            self._loss.penalty = self._reduce_like_trl(terms.penalty, mask, inputs)
+            penalty_total = self.accelerator.reduce(terms.penalty.detach().sum(), reduction="sum")
             selected_total = self.accelerator.reduce(selected.sum().float(), reduction="sum")
-            metrics["edge/kl_cov_penalty"].append((penalty_total / selected_total.clamp(min=1.0)).item())
+            metrics[f"edge/{cov_mode}_penalty"].append((penalty_total / selected_total.clamp(min=1.0)).item())
 
+        cov = token_covariance(advantages, logps, mask)
         totals = torch.stack([cov.sum(), mask.sum().float(), (cov * selected).sum(), selected.sum().float()]).detach()
         cov_sum, n_valid, selected_cov_sum, n_selected = self.accelerator.reduce(totals, reduction="sum").tolist()
         metrics["edge/cov_mean"].append(cov_sum / max(n_valid, 1.0))
         metrics["edge/cov_selected_mean"].append(selected_cov_sum / max(n_selected, 1.0))
         metrics[f"edge/{cov_mode}_selected_share"].append(n_selected / max(n_valid, 1.0))
-        return logps
+        return terms.logps
+
+    def _cov_settings(self) -> CovSettings:
+        args = self.args
+        return CovSettings(
+            clip_cov_ratio=args.clip_cov_ratio,
+            clip_cov_lb=args.clip_cov_lb,
+            clip_cov_ub=args.clip_cov_ub,
+            kl_cov_ratio=args.kl_cov_ratio,
+            kl_cov_coef=args.kl_cov_coef,
+            kl_cov_clip=args.kl_cov_clip,
+            epsilon_low=self.epsilon_low,
+            epsilon_high=self.epsilon_high,
+            generator=self._seeded_generator(self._step),  # reproducible from the seed, the process and the micro-step
+        )
 
     def _reduce_like_trl(self, per_token: torch.Tensor, mask: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         # Mirrors the normalisation at the end of GRPOTrainer._compute_loss (TRL 1.16), gradient accumulation included.
@@ -297,7 +355,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 f"{args.gec_answer_column!r} (columns: {columns}). Rename your answer column to "
                 f"{args.gec_answer_column!r} or set gec_answer_column to its name."
             )
-        if columns is not None and args.gec_solution_column not in columns and not args.force_reflection:
+        if columns is not None and args.gec_solution_column not in columns and not args.reflection_only:
             logger.warning(
                 "The training dataset has no %r column: GEC's solution branch falls back to answer injection.",
                 args.gec_solution_column,
@@ -318,7 +376,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._last_rewards_per_func = rewards
+        if self._rollout is not None:
+            self._rollout.rewards_per_func = rewards
         return rewards
 
     def _weighted_reward(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
@@ -339,10 +398,12 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
     def _generate(self, prompts: list):
         result = super()._generate(prompts)
-        rows = self._gec_rows
+        rows = None if self._rollout is None else self._rollout.gec_rows
         if rows is None:
             return result
-        return self._correct_wrong_responses(rows, prompts, result)
+        corrected = self._correct_wrong_responses(rows, prompts, result)
+        self._log_trained_lengths(result, corrected)
+        return corrected
 
     def _correct_wrong_responses(self, rows: list[dict[str, Any]], prompts: list, result: tuple) -> tuple:
         (prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images) = result
@@ -353,10 +414,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
         rewards = self._calculate_rewards(rows, prompts, completions, completion_ids)  # gathered over processes
         correct = self._gec_is_correct(rewards)
         wrong = [i for i in range(local) if not bool(correct[start + i])]
-        seed = (args.seed * 1_000_003 + self.accelerator.process_index * 10_007 + self._gec_calls) % (2**63)
+        generator = self._seeded_generator(self._gec_calls)
         self._gec_calls += 1
         probs = (args.gec_reflect_prob, args.gec_answer_prob, args.gec_solution_prob)
-        drawn = gec.choose_branches(len(wrong), probs, torch.Generator().manual_seed(seed), args.force_reflection)
+        # With gec=True too, GEC wins (the official precedence): all three branches are drawn.
+        drawn = gec.choose_branches(len(wrong), probs, generator, args.reflection_only)
 
         plan: dict[int, str] = {}
         answers: dict[int, str | None] = {}
@@ -368,7 +430,6 @@ class EdgeGRPOTrainer(GRPOTrainer):
             if branch == "answer" and answers[i] is None:
                 branch = "reflect"  # nothing to inject
             plan[i] = branch
-        self.last_gec_plan = plan  # response index -> branch, for inspection
 
         max_length = self.max_completion_length + args.gec_max_new_tokens
         eos = list(self.eos_token_ids)
@@ -488,6 +549,42 @@ class EdgeGRPOTrainer(GRPOTrainer):
             collapsed_group_share(self._weighted_reward(rewards), self.num_generations)
         )
 
+    def _log_trained_lengths(self, before: tuple, after: tuple) -> None:
+        """Re-log TRL's length metrics and ``num_tokens`` for the corrected completions, the ones trained on.
+
+        TRL 1.16 ``GRPOTrainer._generate`` (grpo_trainer.py ~2274-2310) logs them before GEC corrects anything; this
+        recomputes them the same way (tool_mask-aware lengths, "clipped" = no final EOS or pad) and replaces the values
+        it appended for this rollout. The uncorrected mean is kept as ``gec/mean_length_before``.
+        """
+        device = self.accelerator.device
+
+        def lengths(completion_ids: list, tool_mask: list | None) -> torch.Tensor:
+            sizes = [sum(m) for m in tool_mask] if tool_mask is not None else [len(ids) for ids in completion_ids]
+            return self.accelerator.gather(torch.tensor(sizes, device=device))
+
+        before_lengths, after_lengths = lengths(before[1], before[2]), lengths(after[1], after[2])
+        eos_and_pad = [*self.eos_token_ids, self._tokenizer.pad_token_id]
+        truncated = torch.tensor([not ids or ids[-1] not in eos_and_pad for ids in after[1]], device=device)
+        truncated = self.accelerator.gather(truncated)
+        terminated = after_lengths[~truncated].float()
+        if terminated.numel() == 0:  # as TRL: 0 when no completion terminated
+            terminated = torch.zeros(1, device=device)
+        self.state.num_input_tokens_seen += (after_lengths.sum() - before_lengths.sum()).item()
+        metrics = self._metrics["train"]
+        metrics["num_tokens"] = [self.state.num_input_tokens_seen]
+        replaced = {
+            "completions/mean_length": after_lengths.float().mean().item(),
+            "completions/min_length": after_lengths.float().min().item(),
+            "completions/max_length": after_lengths.float().max().item(),
+            "completions/clipped_ratio": truncated.float().mean().item(),
+            "completions/mean_terminated_length": terminated.mean().item(),
+            "completions/min_terminated_length": terminated.min().item(),
+            "completions/max_terminated_length": terminated.max().item(),
+        }
+        for key, value in replaced.items():
+            metrics[key][-1] = value  # TRL appended this rollout's (uncorrected) value last
+        metrics["gec/mean_length_before"].append(before_lengths.float().mean().item())
+
     # ----------------------------------------------------------------------------------------------------------------
     # Model card
     # ----------------------------------------------------------------------------------------------------------------
@@ -499,7 +596,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
             return
         from edge_trl.recipes import describe_method
 
-        info = getattr(self, "edge_run_info", {})
+        info = self.edge_run_info
         args = self.args
         settings = {
             "eda": args.eda, "eda_scope": args.eda_scope, "eda_max_scale": args.eda_max_scale,
@@ -507,7 +604,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
             "loss_type": args.loss_type, "num_generations": args.num_generations,
             "num_iterations": args.num_iterations, "learning_rate": args.learning_rate, "beta": args.beta,
         }  # fmt: skip
-        if args.gec or args.force_reflection:
+        if args.gec_correction_active:
             settings.update(
                 gec_reflect_prob=args.gec_reflect_prob, gec_answer_prob=args.gec_answer_prob,
                 gec_solution_prob=args.gec_solution_prob, gec_max_new_tokens=args.gec_max_new_tokens,
@@ -517,7 +614,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 clip_cov_ratio=args.clip_cov_ratio, clip_cov_lb=args.clip_cov_lb, clip_cov_ub=args.clip_cov_ub
             )
         elif args.cov_mode == "kl_cov":
-            settings.update(kl_cov_ratio=args.kl_cov_ratio, kl_cov_coef=args.kl_cov_coef)
+            settings.update(kl_cov_ratio=args.kl_cov_ratio, kl_cov_coef=args.kl_cov_coef, kl_cov_clip=args.kl_cov_clip)
         final: dict[str, float] = {}
         for entry in self.state.log_history:
             for key, value in entry.items():
@@ -581,7 +678,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
         metrics["edge/eda_scale_mean"].append(all_scale.float().mean().item())
         metrics["edge/eda_scale_max"].append(all_scale.max().item())
 
-    def _clip_cov_generator(self) -> torch.Generator:
-        """Clip-Cov's random draw, reproducible from the seed, the process and the micro-step."""
-        seed = (self.args.seed * 1_000_003 + self.accelerator.process_index * 10_007 + self._step) % (2**63)
+    def _mode(self) -> str:
+        """TRL's metric split: "train" while the model trains, else "eval"."""
+        return "train" if self.model.training else "eval"
+
+    def _seeded_generator(self, counter: int) -> torch.Generator:
+        """A CPU generator reproducible from the seed, the process and ``counter`` (GEC's draws, Clip-Cov's draw)."""
+        seed = (self.args.seed * 1_000_003 + self.accelerator.process_index * 10_007 + counter) % (2**63)
         return torch.Generator().manual_seed(seed)

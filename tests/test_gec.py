@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pytest
@@ -110,6 +111,32 @@ class RecordingTrainer(EdgeGRPOTrainer):
         return out
 
 
+def branches_of(trainer: EdgeGRPOTrainer, record: dict) -> list[str]:
+    """The correction each response received, read from its tokens (no trainer internals): the reference solution,
+    the response followed by the injected answer, or the response followed by the reflection cue."""
+    tokenizer, eos = trainer.processing_class, trainer.eos_token_ids[0]
+    limit = trainer.max_completion_length + trainer.args.gec_max_new_tokens
+    cue = tokenizer(trainer.args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
+    branches = []
+    for row, before, after in zip(record["rows"], record["before"][1], record["after"][1], strict=True):
+        body, had_eos = gec.strip_eos(before, [eos])
+        answer = normalize_answer(row["answer"])
+        text = trainer.args.gec_answer_template.replace("{answer}", answer)
+        injection = tokenizer(text, add_special_tokens=False)["input_ids"] + ([eos] if had_eos else [])
+        solution = (
+            tokenizer(row["solution"], add_special_tokens=False)["input_ids"] + [eos] if row["solution"] else None
+        )
+        if solution is not None and after == solution[:limit]:
+            branches.append("solution")
+        elif after == (body + injection)[:limit]:
+            branches.append("answer")
+        elif after[: len(body) + len(cue)] == body + cue:
+            branches.append("reflect")
+        else:
+            branches.append("uncorrected")
+    return branches
+
+
 def make_trainer(tmp_path, model_path, trainer_class=RecordingTrainer, dataset=DATASET, **overrides):
     fields = {"gec": True, "gec_max_new_tokens": 32, "max_steps": 1, **overrides}
     trainer = trainer_class(
@@ -138,8 +165,8 @@ def test_gec_corrects_in_token_space_with_one_batched_regeneration(tmp_path, tin
     assert len(trainer.generate_calls) == 2
     rollout, reflection = trainer.generate_calls
     assert len(rollout["prompts"]) == len(before_ids) == 8
-    plan = trainer.last_gec_plan
-    assert sorted(plan) == list(range(8))
+    plan = branches_of(trainer, record)
+    assert "uncorrected" not in plan
     reflected = [i for i in range(8) if plan[i] == "reflect"]
     assert len(reflection["prompts"]) == len(reflected) == logged(trainer, "gec/reflect_count")[0] > 0
     for k, i in enumerate(reflected):
@@ -189,8 +216,8 @@ def test_gec_mask_injected_excludes_exactly_the_injected_tokens(tmp_path, tiny_m
     _, after_ids, tool_mask, *_ = trainer.corrections[0]["after"]
     eos = trainer.eos_token_ids[0]
     cue = trainer.processing_class(trainer.args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
-    plan = trainer.last_gec_plan
-    assert {"reflect", "answer", "solution"} <= set(plan.values())
+    plan = branches_of(trainer, trainer.corrections[0])
+    assert {"reflect", "answer", "solution"} <= set(plan)
     for i, ids in enumerate(after_ids):
         assert len(tool_mask[i]) == len(ids)
         body, _ = gec.strip_eos(before_ids[i], [eos])
@@ -230,7 +257,7 @@ def test_rows_without_solution_fall_back_to_answer_injection(tmp_path, tiny_mode
 
 @pytest.mark.parametrize("mode", ["gec", "force_reflection"])
 def test_full_edge_grpo_and_forced_reflection_train(tmp_path, tiny_model_path, mode):
-    features = {"gec": True, "eda": True} if mode == "gec" else {"force_reflection": True}
+    features = {"gec": True, "eda": True} if mode == "gec" else {"gec": False, "force_reflection": True}
     trainer = make_trainer(tmp_path, tiny_model_path, max_steps=3, **features)
     before = snapshot(trainer.model)
     trainer.train()
@@ -264,3 +291,37 @@ def test_deepscaler_hard_1k_trains_one_step_with_gec(tmp_path, tiny_model_path):
     # long reference solutions are cut at max_completion_length + gec_max_new_tokens
     assert all(len(ids) <= 12 + 96 for ids in trainer.corrections[0]["after"][1])
     assert logged(trainer, "gec/truncated_count")[0] == logged(trainer, "gec/solution_count")[0]
+
+
+def test_gec_with_force_reflection_follows_the_official_precedence(tmp_path, tiny_model_path, caplog):
+    # The official train_grpo.sh sets both; its code checks GEC first, so all three branches are drawn.
+    with caplog.at_level(logging.WARNING, logger="edge_trl.config"):
+        both = make_trainer(tmp_path / "both", tiny_model_path, force_reflection=True, max_steps=2)
+    assert "gec=True with force_reflection=True: GEC takes precedence" in caplog.text
+    both.train()
+    gec_only = make_trainer(tmp_path / "gec", tiny_model_path, max_steps=2)
+    gec_only.train()
+    counts = {b: logged(both, f"gec/{b}_count") for b in gec.BRANCHES}
+    assert sum(counts["answer"]) + sum(counts["solution"]) > 0 and sum(counts["reflect"]) > 0
+    assert sum(map(sum, counts.values())) == 16  # the random model is always wrong: 8 corrections per step
+    assert counts == {b: logged(gec_only, f"gec/{b}_count") for b in gec.BRANCHES}  # exactly GEC's draws
+
+
+def test_length_metrics_and_num_tokens_count_the_corrected_completions(tmp_path, tiny_model_path):
+    trainer = make_trainer(tmp_path, tiny_model_path, gec=False, force_reflection=True)
+    trainer.train()
+    prompt_ids, before_ids, *_ = trainer.corrections[0]["before"]
+    after_ids = trainer.corrections[0]["after"][1]
+    trained = trainer.batch["completion_mask"].sum(1).float()  # the completions the loss sees
+    assert trained.tolist() == [len(ids) for ids in after_ids]
+    assert logged(trainer, "gec/reflect_count") == [8.0]
+    assert logged(trainer, "completions/mean_length") == [pytest.approx(trained.mean().item())]
+    assert logged(trainer, "completions/max_length") == [trained.max().item()]
+    assert logged(trainer, "completions/min_length") == [trained.min().item()]
+    before_mean = sum(len(ids) for ids in before_ids) / len(before_ids)
+    assert logged(trainer, "gec/mean_length_before") == [pytest.approx(before_mean)]
+    assert before_mean < trained.mean().item()  # the cue and continuation were added
+    ends = [*trainer.eos_token_ids, trainer.processing_class.pad_token_id]
+    clipped = sum(ids[-1] not in ends for ids in after_ids) / len(after_ids)
+    assert logged(trainer, "completions/clipped_ratio") == [pytest.approx(clipped)]
+    assert logged(trainer, "num_tokens") == [sum(map(len, prompt_ids)) + trained.sum().item()]

@@ -136,7 +136,7 @@ def test_clip_cov_stops_the_gradient_at_selected_tokens(tmp_path, tiny_model_pat
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer's training loop, which we step by hand
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
-    generator_seed = trainer._clip_cov_generator().initial_seed()
+    generator_seed = trainer._seeded_generator(trainer._step).initial_seed()
     loss = trainer.compute_loss(trainer.model, batch)
     loss.backward()
 
