@@ -27,7 +27,7 @@ class EdgeGRPOConfig(GRPOConfig):
         cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef, kl_cov_clip
     Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline:
         gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
-        gec_max_new_tokens, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
+        gec_max_new_tokens, gec_cue_in_budget, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
         gec_mask_injected
 
     With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
@@ -143,7 +143,16 @@ class EdgeGRPOConfig(GRPOConfig):
             "help": "GEC: at most this many tokens are added by a reflection, the cue included, so a reflected "
             "response never exceeds max_completion_length + gec_max_new_tokens. Injected answers and reference "
             "solutions longer than that limit are cut there (they then end without EOS, like any truncated "
-            "completion, and are counted in gec/truncated_count)."
+            "completion, and are counted in gec/truncated_count). See gec_cue_in_budget for the official budget."
+        },
+    )
+    gec_cue_in_budget: bool = field(
+        default=True,
+        metadata={
+            "help": "GEC: count the reflection cue inside gec_max_new_tokens and cut every corrected response at "
+            "max_completion_length + gec_max_new_tokens, so lengths (and memory) stay bounded. False: the official "
+            "code's budget, gec_max_new_tokens new tokens sampled after the cue and no cap on any corrected "
+            "response (injected answers and reference solutions are kept whole, however long)."
         },
     )
     gec_answer_column: str = field(default="answer", metadata={"help": "GEC: dataset column of the reference answer."})

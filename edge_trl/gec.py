@@ -65,13 +65,14 @@ class Correction:
 def _finish(
     branch: str,
     parts: list[tuple[list[int], bool]],
-    max_length: int,
+    max_length: int | None,
     logprobs: list[float | None] | None,
     generated: int = 0,
 ) -> Correction:
+    # max_length None: no cap (the official code's budget, see EdgeGRPOConfig.gec_cue_in_budget).
     ids = [t for chunk, _ in parts for t in chunk]
     injected = [inj for chunk, inj in parts for _ in chunk]
-    truncated = len(ids) > max_length
+    truncated = max_length is not None and len(ids) > max_length
     return Correction(
         branch,
         ids[:max_length],
@@ -94,7 +95,7 @@ def reflect(
     cue_ids: Sequence[int],
     continuation_ids: Sequence[int],
     eos_token_ids: Sequence[int],
-    max_length: int,
+    max_length: int | None,
     response_logprobs: Sequence[float | None] | None = None,
     continuation_logprobs: Sequence[float | None] | None = None,
 ) -> Correction:
@@ -112,7 +113,7 @@ def inject_answer(
     response_ids: Sequence[int],
     injection_ids: Sequence[int],
     eos_token_ids: Sequence[int],
-    max_length: int,
+    max_length: int | None,
     response_logprobs: Sequence[float | None] | None = None,
 ) -> Correction:
     """response (EOS stripped) + injected answer text, + EOS again if the model had produced one."""
@@ -127,7 +128,7 @@ def inject_answer(
 def replace_with_solution(
     solution_ids: Sequence[int],
     eos_token_ids: Sequence[int],
-    max_length: int,
+    max_length: int | None,
     with_logprobs: bool = False,
 ) -> Correction:
     """The reference solution + EOS, every token injected."""

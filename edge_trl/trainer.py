@@ -367,10 +367,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
             )
         # Injected text is tokenized once, without special tokens.
         self._gec_cue_ids = self._tokenizer(args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
-        if args.gec_max_new_tokens <= len(self._gec_cue_ids):
+        if args.gec_cue_in_budget and args.gec_max_new_tokens <= len(self._gec_cue_ids):
             raise ValueError(
                 f"gec_max_new_tokens={args.gec_max_new_tokens} leaves no room to continue after the reflection cue "
-                f"({len(self._gec_cue_ids)} tokens): raise gec_max_new_tokens (the paper uses 256)."
+                f"({len(self._gec_cue_ids)} tokens): raise gec_max_new_tokens (the paper uses 256), or set "
+                "gec_cue_in_budget=False to count only the tokens after the cue."
             )
         self._gec_calls = 0
 
@@ -431,7 +432,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 branch = "reflect"  # nothing to inject
             plan[i] = branch
 
-        max_length = self.max_completion_length + args.gec_max_new_tokens
+        # gec_cue_in_budget=False is the official code's budget: nothing is cut.
+        max_length = self.max_completion_length + args.gec_max_new_tokens if args.gec_cue_in_budget else None
         eos = list(self.eos_token_ids)
         reflect_ids = [i for i in wrong if plan[i] == "reflect"]
         continuations, continuation_logprobs = self._generate_reflections(
@@ -486,8 +488,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
         # Every process joins the call (vLLM server mode and ZeRO-3 generation are collective): a process with
         # nothing to reflect generates one throw-away continuation.
         batch = prompts if prompts else [[self._tokenizer.pad_token_id, *self._gec_cue_ids]]
-        # The cue counts against the budget, so a reflected response never exceeds the corrected-length limit.
-        with self._max_new_tokens(self.args.gec_max_new_tokens - len(self._gec_cue_ids)):
+        # With gec_cue_in_budget the cue counts against the budget, so a reflected response never exceeds the
+        # corrected-length limit; otherwise (the official code) the budget is all new tokens after the cue.
+        budget = self.args.gec_max_new_tokens - (len(self._gec_cue_ids) if self.args.gec_cue_in_budget else 0)
+        with self._max_new_tokens(budget):
             continuations, logprobs = self._generate_single_turn(batch, None, {}, 1)
         if not prompts:
             return [], None
@@ -608,6 +612,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
             settings.update(
                 gec_reflect_prob=args.gec_reflect_prob, gec_answer_prob=args.gec_answer_prob,
                 gec_solution_prob=args.gec_solution_prob, gec_max_new_tokens=args.gec_max_new_tokens,
+                gec_cue_in_budget=args.gec_cue_in_budget,
             )  # fmt: skip
         if args.cov_mode == "clip_cov":
             settings.update(

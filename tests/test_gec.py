@@ -325,3 +325,21 @@ def test_length_metrics_and_num_tokens_count_the_corrected_completions(tmp_path,
     clipped = sum(ids[-1] not in ends for ids in after_ids) / len(after_ids)
     assert logged(trainer, "completions/clipped_ratio") == [pytest.approx(clipped)]
     assert logged(trainer, "num_tokens") == [sum(map(len, prompt_ids)) + trained.sum().item()]
+
+
+@pytest.mark.parametrize("cue_in_budget", [True, False], ids=["cue-in-budget", "official-budget"])
+def test_reflection_budget_with_and_without_the_cue(tmp_path, tiny_model_path, cue_in_budget):
+    trainer = make_trainer(tmp_path, tiny_model_path, gec=False, force_reflection=True, gec_max_new_tokens=40,
+                           gec_cue_in_budget=cue_in_budget)  # fmt: skip
+    trainer.train()
+    cue = trainer.processing_class(trainer.args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
+    continuations = trainer.generate_calls[1]["completions"]
+    budget = 40 - len(cue) if cue_in_budget else 40  # official: 40 new tokens after the cue
+    assert max(map(len, continuations)) == budget  # the random model rarely stops: some use the whole budget
+    before_ids, after_ids = trainer.corrections[0]["before"][1], trainer.corrections[0]["after"][1]
+    eos = trainer.eos_token_ids[0]
+    for before, after, continuation in zip(before_ids, after_ids, continuations, strict=True):
+        assert after == gec.strip_eos(before, [eos])[0] + cue + list(continuation)  # nothing is cut
+    longest = max(map(len, after_ids))
+    cap = trainer.max_completion_length + 40
+    assert longest <= cap if cue_in_budget else longest > cap
