@@ -5,7 +5,8 @@ It hooks TRL at these seams and re-implements no TRL method body:
 
 * ``_generate`` (after TRL's rollout): GEC scores the rollout with TRL's own ``_calculate_rewards``, then corrects
   the wrong responses in token space (one batched regeneration, through ``_generate_single_turn``, for the
-  reflection branch) before TRL scores them again and computes advantages.
+  reflection branch) before TRL scores them again and computes advantages; then re-logs TRL's length metrics and
+  ``num_tokens`` for the corrected completions.
 * ``_calculate_rewards`` (after TRL): keeps the rewards TRL trains on, for GEC's after-correction metrics.
 * ``_generate_and_score_completions`` (after TRL): EDA with ``eda_scope='group'`` rescales the advantages of the whole
   generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
@@ -14,8 +15,9 @@ It hooks TRL at these seams and re-implements no TRL method body:
   with the same weights (each response carries its group id through TRL's shuffle); otherwise one extra no-grad
   forward.
 * ``_get_per_token_logps_and_entropies`` (inside TRL's loss): right after the training forward, deferred group EDA
-  and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), Clip-Cov detaches
-  the log-probs of the selected tokens (their gradient is stopped), and KL-Cov builds its penalty.
+  and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), then the
+  covariance mode, looked up in ``core_algos.COV_MODES``, returns the log-probs TRL's surrogate uses (Clip-Cov:
+  selected tokens detached), its per-token penalty (KL-Cov) and whether to drop PPO's clip (KL-Cov).
 * ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
   and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
 
