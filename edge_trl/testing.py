@@ -8,12 +8,20 @@ with ``AutoTokenizer``). Nothing touches the Hugging Face Hub.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2 import Qwen2Tokenizer
+
+from edge_trl.embedded import addition_dataset
+
+# Re-exported for the tests: the one exact-match grader lives in edge_trl.rewards.
+from edge_trl.rewards import boxed_answer_reward as boxed_answer_reward
+
+QUESTION_TEMPLATE = "What is {a} + {b}?"
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -69,6 +77,58 @@ def build_tiny_tokenizer(vocab_size: int = 400, seed: int = 0) -> PreTrainedToke
     return tokenizer
 
 
+@dataclass(frozen=True)
+class Qwen2Size:
+    """The dimensions of a Qwen2 causal LM; ``vocab_size=None`` takes the tokenizer's length."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int | None = None
+    max_position_embeddings: int = 1024
+
+
+# Qwen2.5-Math-1.5B's architecture, from its config.json, so that nothing needs the Hub to build it (random weights).
+QWEN2_5_MATH_1_5B = Qwen2Size(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+)
+
+
+def build_qwen2(
+    tokenizer: PreTrainedTokenizerBase, size: Qwen2Size, *, initializer_range: float = 0.02, seed: int = 0
+) -> Qwen2ForCausalLM:
+    """A random-weight Qwen2ForCausalLM of ``size`` (tied embeddings) using ``tokenizer``'s pad and EOS tokens.
+
+    The one builder of every tiny or full-size random model in edge-trl: the test model (``build_tiny_model``), the
+    embedded adder (``edge_trl.embedded``) and the benchmarks. The weights depend only on ``size``,
+    ``initializer_range`` and ``seed`` (``torch.manual_seed(seed)`` right before initialisation).
+    """
+    config = Qwen2Config(
+        vocab_size=size.vocab_size or len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        max_position_embeddings=size.max_position_embeddings,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
 def build_tiny_model(
     output_dir: str | Path,
     *,
@@ -90,22 +150,8 @@ def build_tiny_model(
     if (output_dir / "config.json").exists() and (output_dir / "tokenizer_config.json").exists():
         return output_dir
     tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, seed=seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=initializer_range,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    size = Qwen2Size(hidden_size, hidden_size * 2, num_hidden_layers, num_attention_heads, num_key_value_heads)
+    model = build_qwen2(tokenizer, size, initializer_range=initializer_range, seed=seed)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )
@@ -121,16 +167,11 @@ def build_tiny_model(
 
 
 def tiny_addition_dataset(num_prompts: int = 64, seed: int = 0, conversational: bool = True) -> Dataset:
-    """Two-number addition prompts with their answers and worked solutions (columns prompt, answer, solution)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(num_prompts):
-        a, b = rng.randint(0, 49), rng.randint(0, 49)
-        question = f"What is {a} + {b}?"
-        prompt = [{"role": "user", "content": question}] if conversational else question
-        solution = f"We add {a} and {b}. The answer is \\boxed{{{a + b}}}."
-        rows.append({"prompt": prompt, "answer": str(a + b), "solution": solution})
-    return Dataset.from_list(rows)
+    """Two-number addition prompts "What is a + b?" (operands 0-49) with their answers and worked solutions
+    (columns prompt, answer, solution): ``edge_trl.embedded.addition_dataset`` in the tests' question style."""
+    return addition_dataset(
+        num_prompts, seed, max_operand=49, template=QUESTION_TEMPLATE, conversational=conversational, solutions=True
+    )
 
 
 def digit_share_reward(completions: list, **_: object) -> list[float]:
@@ -141,15 +182,3 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     """
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
-
-
-def boxed_answer_reward(completions: list, answer: list, **_: object) -> list[float]:
-    """1.0 when the last ``\\boxed{...}`` of a completion equals the reference answer as a string, else 0.0.
-
-    A plain exact-match grader for tests on the synthetic addition task (math-verify grades real math).
-    """
-    from edge_trl.data import normalize_answer
-    from edge_trl.rewards import completion_text, last_boxed
-
-    boxed = [last_boxed(completion_text(c)) for c in completions]
-    return [float(b is not None and b == normalize_answer(a)) for b, a in zip(boxed, answer, strict=True)]
