@@ -1,4 +1,8 @@
-"""Tiny offline models and data for tests, benchmarks and demos.
+"""Tiny offline models, data and measurement helpers shared by the tests, the benchmarks and the demos.
+
+The split: everything the tests *and* the benchmarks use lives here (model and tokenizer builders, the addition
+data, cheap rewards, reading logged metrics, timing a rollout cycle, peak memory); test-only configs and asserts live
+in ``tests/_helpers.py``.
 
 Everything here is built locally: a Qwen2-architecture causal LM with random weights and a byte-level BPE tokenizer
 trained on the spot with `tokenizers` (through ``Qwen2Tokenizer.train_new_from_iterator``, which reloads identically
@@ -7,9 +11,13 @@ with ``AutoTokenizer``). Nothing touches the Hugging Face Hub.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
@@ -182,3 +190,76 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     """
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
+
+
+def logged(trainer: Any, key: str) -> list[float]:
+    """Every logged value of ``key`` in the trainer's history, one per logging step."""
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
+
+
+def quiet(trainer: Any) -> Any:
+    """Remove the console printer and progress bar of a trainer (benchmarks print their own table)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def prepare_for_cycles(trainer: Any) -> Any:
+    """Run one real optimizer step (prepares model, optimizer and accelerator; also a warm-up)."""
+    trainer.args.max_steps = 1
+    trainer.train()
+    return trainer
+
+
+def time_cycle(trainer: Any, rows: list) -> float:
+    """Seconds for one rollout cycle: generation, then every micro-step's loss and backward, no optimizer step.
+
+    No optimizer step means the weights, hence the work, stay identical from cycle to cycle, so cycles of different
+    trainers can be interleaved and compared one to one.
+    """
+    trainer._step, trainer._buffered_inputs = 0, None
+    micro_steps = trainer.args.steps_per_generation * trainer.num_iterations
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(micro_steps):
+        trainer.training_step(trainer.model_wrapped, rows, None)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    trainer.model_wrapped.zero_grad(set_to_none=True)
+    return elapsed
+
+
+class RssGrowth:
+    """Peak growth of this process's resident memory while the context is open (sampled every millisecond; Linux).
+
+    On CPU torch keeps no peak-memory statistic; this is the CPU stand-in for ``torch.cuda.max_memory_allocated``.
+    """
+
+    def __enter__(self) -> RssGrowth:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base
