@@ -21,6 +21,7 @@ SHARED_CONFIG = REPO_ROOT.parent / "shared" / "data" / "qwen2.5-tokenizer" / "qw
 def load_gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
