@@ -29,13 +29,10 @@ from typing import Any
 
 import torch
 from transformers import AutoTokenizer
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.testing import build_tiny_model, tiny_addition_dataset
-
-from _common import prepare_for_cycles, time_cycle
+from edge_trl.testing import build_tiny_model, prepare_for_cycles, quiet, time_cycle, tiny_addition_dataset
 
 
 def share_wrong_reward(wrong_share: float):
@@ -91,9 +88,7 @@ def make_trainer(model_path: Path, mode: str, wrong_share: float, cli: argparse.
         args = EdgeGRPOConfig(**common, force_reflection=True, gec_max_new_tokens=cue_tokens + cli.length)
         trainer_class = EdgeGRPOTrainer if mode == "gec" else WholeBatchRegeneration
     trainer = trainer_class(str(model_path), reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(1024))
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return prepare_for_cycles(trainer)
+    return prepare_for_cycles(quiet(trainer))
 
 
 def main() -> None:

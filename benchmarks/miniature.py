@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, TrainerCallback
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
 from edge_trl.rewards import accuracy_reward
+from edge_trl.testing import quiet
 
 # Clip-Cov/KL-Cov ratios and bounds are scaled to this model: the paper's (2e-4 of tokens, covariance in (1, 5)) are
 # set for 7B models and would select nothing among ~300 tokens with covariances around 0.1.
@@ -92,9 +92,7 @@ def run(method: str, seed: int, cli: argparse.Namespace, workdir: Path) -> list[
         str(embedded.ASSET_DIR), reward_funcs=accuracy_reward, args=args, processing_class=tokenizer,
         train_dataset=embedded.addition_dataset(20_000, seed=seed), callbacks=[held_out],
     )  # fmt: skip
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    trainer.train()
+    quiet(trainer).train()
     rows: dict[int, dict[str, Any]] = {}
     for entry in trainer.state.log_history:
         if "step" in entry and "loss" in entry:

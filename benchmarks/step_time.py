@@ -22,18 +22,25 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers import AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.testing import build_tiny_tokenizer, digit_share_reward, tiny_addition_dataset
-
-from _common import prepare_for_cycles, time_cycle
+from edge_trl.testing import (
+    QWEN2_5_MATH_1_5B,
+    Qwen2Size,
+    RssGrowth,
+    build_qwen2,
+    build_tiny_tokenizer,
+    digit_share_reward,
+    prepare_for_cycles,
+    quiet,
+    time_cycle,
+    tiny_addition_dataset,
+)
 
 # (setting, mode) -> EdgeGRPOConfig overrides. None means TRL's own GRPOTrainer, the baseline of its setting.
 SETTINGS = {
@@ -67,59 +74,16 @@ SETTINGS = {
     },
 }
 
-PRESETS = {
-    # hidden, layers, heads, kv heads, intermediate, vocab (None: the tiny tokenizer's)
-    "small": (256, 4, 4, 2, 512, None),
-    "qwen2.5-math-1.5b": (1536, 28, 12, 2, 8960, 151936),
+PRESETS = {  # model size (vocab None: the tiny tokenizer's), initializer range
+    "small": (Qwen2Size(256, 512, 4, 4, 2), 0.3),
+    "qwen2.5-math-1.5b": (QWEN2_5_MATH_1_5B, 0.02),
 }
 
 
-class RssGrowth:
-    """Peak growth of this process's resident memory while the context is open (sampled every millisecond)."""
-
-    def __enter__(self) -> RssGrowth:
-        self.base = self.peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _watch(self) -> None:
-        while not self._stop.wait(0.001):
-            self.peak = max(self.peak, self._rss())
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.base
-
-
 def build_model(path: Path, preset: str) -> Path:
-    hidden, layers, heads, kv_heads, intermediate, vocab = PRESETS[preset]
     tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
-        vocab_size=vocab or len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv_heads,
-        tie_word_embeddings=True,
-        initializer_range=0.3 if preset == "small" else 0.02,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).save_pretrained(path)
+    size, initializer_range = PRESETS[preset]
+    build_qwen2(tokenizer, size, initializer_range=initializer_range).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
@@ -159,9 +123,7 @@ def make_trainer(model_path: Path, overrides: dict | None, common: dict, cli: ar
         processing_class=AutoTokenizer.from_pretrained(model_path),
         peft_config=peft_config,
     )
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
-    return trainer
+    return quiet(trainer)
 
 
 def peak_memory(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):

@@ -24,6 +24,15 @@ ASSET_DIR = Path(__file__).resolve().parent / "assets" / "embedded-adder"
 EMBEDDED_DATASET = "embedded:addition"
 PAD, EOS = "<|endoftext|>", "<|im_end|>"
 MAX_NEW_TOKENS = 12
+# The shipped model's dimensions (edge_trl.testing.Qwen2Size fields; the vocabulary is the tokenizer's 258 tokens).
+EMBEDDED_MODEL_SIZE: dict[str, int] = {
+    "hidden_size": 128,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 64,
+}
 
 # Training settings of the embedded run (below any explicit flag). Measured on 2 CPU cores: about 0.27 s/step,
 # greedy held-out accuracy 57% -> 82% after 450 steps.
@@ -40,17 +49,44 @@ EMBEDDED_TRAINING: dict[str, Any] = {
 }
 
 
-def addition_problem(rng: random.Random) -> tuple[str, str]:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return f"{a}+{b}=", str(a + b)
+EMBEDDED_TEMPLATE = "{a}+{b}="
 
 
-def addition_dataset(num: int, seed: int) -> Any:
-    """``num`` addition problems as a dataset with columns prompt (plain text) and answer."""
+def _operands(rng: random.Random, max_operand: int) -> tuple[int, int]:
+    return rng.randint(0, max_operand), rng.randint(0, max_operand)
+
+
+def addition_problem(rng: random.Random, max_operand: int = 99, template: str = EMBEDDED_TEMPLATE) -> tuple[str, str]:
+    """One (prompt, answer) pair, e.g. ``("37+45=", "82")``."""
+    a, b = _operands(rng, max_operand)
+    return template.format(a=a, b=b), str(a + b)
+
+
+def addition_dataset(
+    num: int,
+    seed: int = 0,
+    *,
+    max_operand: int = 99,
+    template: str = EMBEDDED_TEMPLATE,
+    conversational: bool = False,
+    solutions: bool = False,
+) -> Any:
+    """``num`` two-number addition problems (operands 0 to ``max_operand``) as a dataset with columns prompt and
+    answer, plus solution (a worked sentence ending in ``\\boxed{sum}``) with ``solutions``. Prompts are plain text
+    (``template`` filled with ``a`` and ``b``), or one user message with ``conversational``. The embedded task is the
+    default; ``edge_trl.testing.tiny_addition_dataset`` is the tests' "What is a + b?" variant of it."""
     from datasets import Dataset
 
     rng = random.Random(seed)
-    return Dataset.from_list([{"prompt": p, "answer": a} for p, a in (addition_problem(rng) for _ in range(num))])
+    rows = []
+    for _ in range(num):
+        a, b = _operands(rng, max_operand)
+        question = template.format(a=a, b=b)
+        row = {"prompt": [{"role": "user", "content": question}] if conversational else question, "answer": str(a + b)}
+        if solutions:
+            row["solution"] = f"We add {a} and {b}. The answer is \\boxed{{{a + b}}}."
+        rows.append(row)
+    return Dataset.from_list(rows)
 
 
 def held_out_problems(num: int = 300) -> list[tuple[str, str]]:
@@ -62,6 +98,8 @@ def held_out_problems(num: int = 300) -> list[tuple[str, str]]:
 def accuracy(model: Any, tokenizer: Any, problems: list[tuple[str, str]], greedy: bool, seed: int = 0) -> float:
     """Share of problems whose completion is exactly ``\\boxed{answer}`` (sampled at temperature 1, or greedy)."""
     import torch
+
+    from edge_trl.rewards import boxed_answer_matches
 
     tokenizer.padding_side = "left"
     encoded = tokenizer([p for p, _ in problems], return_tensors="pt", padding=True).to(model.device)
@@ -80,7 +118,8 @@ def accuracy(model: Any, tokenizer: Any, problems: list[tuple[str, str]], greedy
         )
     model.train(was_training)
     texts = tokenizer.batch_decode(out[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
-    return sum(t.strip() == f"\\boxed{{{a}}}" for t, (_, a) in zip(texts, problems, strict=True)) / len(problems)
+    correct = [boxed_answer_matches(t, a, whole_text=True) for t, (_, a) in zip(texts, problems, strict=True)]
+    return sum(correct) / len(problems)
 
 
 def build_tokenizer() -> Any:
@@ -97,16 +136,13 @@ def build_tokenizer() -> Any:
 def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000, log: Any = print) -> dict:
     """Supervised warm-up on addition until sampled held-out accuracy reaches ``target``; saves to ``out``."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig
+
+    from edge_trl.testing import Qwen2Size, build_qwen2
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=512, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True, max_position_embeddings=64,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-    )  # fmt: skip
-    model = Qwen2ForCausalLM(config)
+    model = build_qwen2(tokenizer, Qwen2Size(**EMBEDDED_MODEL_SIZE), seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
     rng, eos = random.Random(seed + 1), tokenizer.eos_token_id
     problems = held_out_problems(200)
@@ -172,27 +208,6 @@ def supervised_control(seconds: float, seed: int = 0, lr: float = 5e-4) -> dict[
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Build the embedded tiny model (supervised warm-up on addition).")
-    parser.add_argument("--out", type=Path, default=ASSET_DIR)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out accuracy")
-    parser.add_argument("--control-seconds", type=float, default=None,
-                        help="instead: continue supervised training of the shipped model for this many seconds")  # fmt: skip
-    options = parser.parse_args()
-    if options.control_seconds is not None:
-        result = supervised_control(options.control_seconds, options.seed)
-        print(f"supervised control, {options.control_seconds:.0f} s ({result['steps']} steps): held-out greedy "
-              f"{result['greedy']:.1%}, sampled {result['sampled']:.1%}")  # fmt: skip
-        return
-    result = warm_up(options.out, options.seed, options.target)
-    print(f"saved {options.out}: step {result['step']}, sampled {result['sampled']:.1%}, greedy {result['greedy']:.1%}")
-
-
-if __name__ == "__main__":
-    main()
-
-
 def held_out_callback(tokenizer: Any, every: int = 50, num_problems: int = 300) -> Any:
     """A TrainerCallback that prints held-out accuracy (greedy and sampled) at the start, every ``every`` steps and at
     the end, then the curve; it also writes ``accuracy_curve.json`` to the output directory."""
@@ -245,3 +260,24 @@ def held_out_callback(tokenizer: Any, every: int = 50, num_problems: int = 300) 
             )
 
     return HeldOutAccuracy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Build the embedded tiny model (supervised warm-up on addition).")
+    parser.add_argument("--out", type=Path, default=ASSET_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.2, help="stop at this sampled held-out accuracy")
+    parser.add_argument("--control-seconds", type=float, default=None,
+                        help="instead: continue supervised training of the shipped model for this many seconds")  # fmt: skip
+    options = parser.parse_args()
+    if options.control_seconds is not None:
+        result = supervised_control(options.control_seconds, options.seed)
+        print(f"supervised control, {options.control_seconds:.0f} s ({result['steps']} steps): held-out greedy "
+              f"{result['greedy']:.1%}, sampled {result['sampled']:.1%}")  # fmt: skip
+        return
+    result = warm_up(options.out, options.seed, options.target)
+    print(f"saved {options.out}: step {result['step']}, sampled {result['sampled']:.1%}, greedy {result['greedy']:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -44,6 +44,23 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: not a parsable box
 
 
+def boxed_answer_matches(text: str, reference: Any, *, whole_text: bool = False) -> bool:
+    """Exact match, no math-verify: the last ``\\boxed{...}`` of ``text`` equals the normalised ``reference`` as a
+    string; with ``whole_text``, ``text`` (stripped) must also be nothing but that box. For synthetic tasks with
+    canonical answers (the addition tasks of the tests and of the embedded model); real math uses ``accuracy_reward``.
+    """
+    boxed = last_boxed(text)
+    if boxed is None or boxed != normalize_answer(reference):
+        return False
+    return not whole_text or text.strip() == f"\\boxed{{{boxed}}}"
+
+
+def boxed_answer_reward(completions: Sequence[Any], answer: Sequence[Any], **kwargs: Any) -> list[float]:
+    """1.0 when the last ``\\boxed{...}`` of a completion equals the reference answer as a string, else 0.0
+    (``boxed_answer_matches``: a plain exact-match grader for synthetic tasks; math-verify grades real math)."""
+    return [float(boxed_answer_matches(completion_text(c), a)) for c, a in zip(completions, answer, strict=True)]
+
+
 def _timeouts() -> tuple[int | None, int | None]:
     # math-verify times out through signal.alarm, which only works in the main thread.
     return (10, 5) if threading.current_thread() is threading.main_thread() else (None, None)

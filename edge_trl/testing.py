@@ -1,4 +1,8 @@
-"""Tiny offline models and data for tests, benchmarks and demos.
+"""Tiny offline models, data and measurement helpers shared by the tests, the benchmarks and the demos.
+
+The split: everything the tests *and* the benchmarks use lives here (model and tokenizer builders, the addition
+data, cheap rewards, reading logged metrics, timing a rollout cycle, peak memory); test-only configs and asserts live
+in ``tests/_helpers.py``.
 
 Everything here is built locally: a Qwen2-architecture causal LM with random weights and a byte-level BPE tokenizer
 trained on the spot with `tokenizers` (through ``Qwen2Tokenizer.train_new_from_iterator``, which reloads identically
@@ -7,13 +11,25 @@ with ``AutoTokenizer``). Nothing touches the Hugging Face Hub.
 
 from __future__ import annotations
 
+import os
 import random
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 from transformers.models.qwen2 import Qwen2Tokenizer
+
+from edge_trl.embedded import addition_dataset
+
+# Re-exported for the tests: the one exact-match grader lives in edge_trl.rewards.
+from edge_trl.rewards import boxed_answer_reward as boxed_answer_reward
+
+QUESTION_TEMPLATE = "What is {a} + {b}?"
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -69,6 +85,58 @@ def build_tiny_tokenizer(vocab_size: int = 400, seed: int = 0) -> PreTrainedToke
     return tokenizer
 
 
+@dataclass(frozen=True)
+class Qwen2Size:
+    """The dimensions of a Qwen2 causal LM; ``vocab_size=None`` takes the tokenizer's length."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int | None = None
+    max_position_embeddings: int = 1024
+
+
+# Qwen2.5-Math-1.5B's architecture, from its config.json, so that nothing needs the Hub to build it (random weights).
+QWEN2_5_MATH_1_5B = Qwen2Size(
+    hidden_size=1536,
+    intermediate_size=8960,
+    num_hidden_layers=28,
+    num_attention_heads=12,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=4096,
+)
+
+
+def build_qwen2(
+    tokenizer: PreTrainedTokenizerBase, size: Qwen2Size, *, initializer_range: float = 0.02, seed: int = 0
+) -> Qwen2ForCausalLM:
+    """A random-weight Qwen2ForCausalLM of ``size`` (tied embeddings) using ``tokenizer``'s pad and EOS tokens.
+
+    The one builder of every tiny or full-size random model in edge-trl: the test model (``build_tiny_model``), the
+    embedded adder (``edge_trl.embedded``) and the benchmarks. The weights depend only on ``size``,
+    ``initializer_range`` and ``seed`` (``torch.manual_seed(seed)`` right before initialisation).
+    """
+    config = Qwen2Config(
+        vocab_size=size.vocab_size or len(tokenizer),
+        hidden_size=size.hidden_size,
+        intermediate_size=size.intermediate_size,
+        num_hidden_layers=size.num_hidden_layers,
+        num_attention_heads=size.num_attention_heads,
+        num_key_value_heads=size.num_key_value_heads,
+        max_position_embeddings=size.max_position_embeddings,
+        tie_word_embeddings=True,
+        initializer_range=initializer_range,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    return Qwen2ForCausalLM(config)
+
+
 def build_tiny_model(
     output_dir: str | Path,
     *,
@@ -90,22 +158,8 @@ def build_tiny_model(
     if (output_dir / "config.json").exists() and (output_dir / "tokenizer_config.json").exists():
         return output_dir
     tokenizer = build_tiny_tokenizer(vocab_size=vocab_size, seed=seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=hidden_size * 2,
-        num_hidden_layers=num_hidden_layers,
-        num_attention_heads=num_attention_heads,
-        num_key_value_heads=num_key_value_heads,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=initializer_range,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    size = Qwen2Size(hidden_size, hidden_size * 2, num_hidden_layers, num_attention_heads, num_key_value_heads)
+    model = build_qwen2(tokenizer, size, initializer_range=initializer_range, seed=seed)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=True
     )
@@ -121,16 +175,11 @@ def build_tiny_model(
 
 
 def tiny_addition_dataset(num_prompts: int = 64, seed: int = 0, conversational: bool = True) -> Dataset:
-    """Two-number addition prompts with their answers and worked solutions (columns prompt, answer, solution)."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(num_prompts):
-        a, b = rng.randint(0, 49), rng.randint(0, 49)
-        question = f"What is {a} + {b}?"
-        prompt = [{"role": "user", "content": question}] if conversational else question
-        solution = f"We add {a} and {b}. The answer is \\boxed{{{a + b}}}."
-        rows.append({"prompt": prompt, "answer": str(a + b), "solution": solution})
-    return Dataset.from_list(rows)
+    """Two-number addition prompts "What is a + b?" (operands 0-49) with their answers and worked solutions
+    (columns prompt, answer, solution): ``edge_trl.embedded.addition_dataset`` in the tests' question style."""
+    return addition_dataset(
+        num_prompts, seed, max_operand=49, template=QUESTION_TEMPLATE, conversational=conversational, solutions=True
+    )
 
 
 def digit_share_reward(completions: list, **_: object) -> list[float]:
@@ -143,13 +192,74 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
 
 
-def boxed_answer_reward(completions: list, answer: list, **_: object) -> list[float]:
-    """1.0 when the last ``\\boxed{...}`` of a completion equals the reference answer as a string, else 0.0.
+def logged(trainer: Any, key: str) -> list[float]:
+    """Every logged value of ``key`` in the trainer's history, one per logging step."""
+    return [entry[key] for entry in trainer.state.log_history if key in entry]
 
-    A plain exact-match grader for tests on the synthetic addition task (math-verify grades real math).
+
+def quiet(trainer: Any) -> Any:
+    """Remove the console printer and progress bar of a trainer (benchmarks print their own table)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def prepare_for_cycles(trainer: Any) -> Any:
+    """Run one real optimizer step (prepares model, optimizer and accelerator; also a warm-up)."""
+    trainer.args.max_steps = 1
+    trainer.train()
+    return trainer
+
+
+def time_cycle(trainer: Any, rows: list) -> float:
+    """Seconds for one rollout cycle: generation, then every micro-step's loss and backward, no optimizer step.
+
+    No optimizer step means the weights, hence the work, stay identical from cycle to cycle, so cycles of different
+    trainers can be interleaved and compared one to one.
     """
-    from edge_trl.data import normalize_answer
-    from edge_trl.rewards import completion_text, last_boxed
+    trainer._step, trainer._buffered_inputs = 0, None
+    micro_steps = trainer.args.steps_per_generation * trainer.num_iterations
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(micro_steps):
+        trainer.training_step(trainer.model_wrapped, rows, None)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    trainer.model_wrapped.zero_grad(set_to_none=True)
+    return elapsed
 
-    boxed = [last_boxed(completion_text(c)) for c in completions]
-    return [float(b is not None and b == normalize_answer(a)) for b, a in zip(boxed, answer, strict=True)]
+
+class RssGrowth:
+    """Peak growth of this process's resident memory while the context is open (sampled every millisecond; Linux).
+
+    On CPU torch keeps no peak-memory statistic; this is the CPU stand-in for ``torch.cuda.max_memory_allocated``.
+    """
+
+    def __enter__(self) -> RssGrowth:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    @property
+    def growth(self) -> int:
+        return self.peak - self.base

@@ -1,4 +1,5 @@
-"""Small helpers shared by the trainer tests (tiny CPU configs)."""
+"""Test-only helpers: tiny CPU configs and parameter-change asserts. What the benchmarks share too (models, data,
+rewards, ``logged``) lives in ``edge_trl.testing``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import torch
 
 from edge_trl import EdgeGRPOConfig
+from edge_trl.testing import logged as logged  # re-exported: test files import it from here
 
 TINY_DEFAULTS: dict[str, Any] = {
     "per_device_train_batch_size": 8,
@@ -37,8 +39,3 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def changed(before: dict[str, torch.Tensor], model: torch.nn.Module) -> bool:
     after = dict(model.named_parameters())
     return any(not torch.equal(before[name], after[name].detach()) for name in before)
-
-
-def logged(trainer: Any, key: str) -> list[float]:
-    """Every logged value of ``key`` in the trainer's history, one per logging step."""
-    return [entry[key] for entry in trainer.state.log_history if key in entry]

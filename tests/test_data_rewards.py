@@ -169,3 +169,15 @@ def test_model_aliases():
     assert resolve_model("org/model") == "org/model"
     with pytest.raises(ValueError, match=r"Did you mean 'qwen2\.5-math-1\.5b'"):
         resolve_model("qwen2.5-math-1.5")
+
+
+def test_boxed_answer_matches_is_exact_and_whole_text_is_strict():
+    from edge_trl.rewards import boxed_answer_matches, boxed_answer_reward
+
+    assert boxed_answer_matches("so \\boxed{3} then \\boxed{82}", 82)  # the last box, reference normalised
+    assert not boxed_answer_matches("\\boxed{82.0}", "82")  # exact strings, no math-verify
+    assert boxed_answer_matches(" \\boxed{82}\n", "82", whole_text=True)
+    assert not boxed_answer_matches("x \\boxed{82}", "82", whole_text=True)  # the embedded task's strict metric
+    assert not boxed_answer_matches("\\fbox{82}", "82", whole_text=True)
+    completions = [[{"role": "assistant", "content": "\\boxed{5}"}], "\\boxed{6}"]
+    assert boxed_answer_reward(completions, ["5", "5"]) == [1.0, 0.0]
