@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_trl.data import QWEN_MATH_SYSTEM_PROMPT, load_any_dataset, prepare_math_dataset
+from edge_trl.end_of_turn import end_of_turn_token_ids
 from edge_trl.rewards import accuracy_reward
 
 logger = logging.getLogger(__name__)
@@ -125,11 +126,17 @@ def _render(prompts: list[Any], tokenizer: Any) -> list[str]:
 
 def generate_transformers(
     model: Any, tokenizer: Any, prompts: list[str], samples: int, temperature: float, top_p: float,
-    max_new_tokens: int, batch_size: int, progress: Any = None,
+    max_new_tokens: int, batch_size: int, progress: Any = None, stop_token_ids: Sequence[int] = (),
 ) -> list[list[str]]:  # fmt: skip
-    """``samples`` completions per prompt with batched ``generate`` (greedy when temperature is 0)."""
+    """``samples`` completions per prompt with batched ``generate`` (greedy when temperature is 0).
+
+    Generation stops at the model's EOS and at ``stop_token_ids`` (the chat template's end of turn).
+    """
     import torch
 
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    eos += [t for t in stop_token_ids if t not in eos]
     expanded = [p for p in prompts for _ in range(samples)]
     texts: list[str] = []
     do_sample = temperature > 0
@@ -145,6 +152,7 @@ def generate_transformers(
                 top_p=top_p if do_sample else None,
                 top_k=None,
                 pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos or None,
             )
         texts.extend(tokenizer.batch_decode(out[:, batch["input_ids"].size(1) :], skip_special_tokens=True))
         if progress is not None:
@@ -154,11 +162,13 @@ def generate_transformers(
 
 def generate_vllm(
     llm: Any, adapter: str | None, prompts: list[str], samples: int, temperature: float, top_p: float,
-    max_new_tokens: int, seed: int,
+    max_new_tokens: int, seed: int, stop_token_ids: Sequence[int] = (),
 ) -> list[list[str]]:  # fmt: skip
     from vllm import SamplingParams
 
-    params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed)
+    # vLLM stops at the model's EOS by itself; the chat template's end of turn is added.
+    params = SamplingParams(n=samples, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                            stop_token_ids=list(stop_token_ids) or None)  # fmt: skip
     lora = None
     if adapter is not None:
         from vllm.lora.request import LoRARequest
@@ -221,13 +231,16 @@ def evaluate(
     per_problem: dict[str, list[dict[str, Any]]] = {}
     start = time.perf_counter()
     for name, ds in prepared.items():
-        prompts = _render(list(ds["prompt"]), tokenizer)
+        raw_prompts = list(ds["prompt"])
+        prompts = _render(raw_prompts, tokenizer)
+        # Chat-rendered prompts: the template's end of turn (Qwen: <|im_end|>) stops generation, whatever the EOS.
+        stops = [] if isinstance(raw_prompts[0], str) else end_of_turn_token_ids(tokenizer)
         if backend == "vllm":
-            completions = generate_vllm(lm, adapter, prompts, samples, temperature, top_p, max_new_tokens, seed)
+            completions = generate_vllm(lm, adapter, prompts, samples, temperature, top_p, max_new_tokens, seed, stops)
             progress.update(len(prompts) * samples)
         else:
             completions = generate_transformers(
-                lm, tokenizer, prompts, samples, temperature, top_p, max_new_tokens, batch_size, progress
+                lm, tokenizer, prompts, samples, temperature, top_p, max_new_tokens, batch_size, progress, stops
             )
         answers = list(ds["answer"])
         per_problem[name] = []

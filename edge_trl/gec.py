@@ -2,15 +2,21 @@
 
 After the first rollout every response that is not correct is corrected before it is scored:
 
-* ``reflect`` (p = 0.5): the response without its EOS, then the cue " Wait! Something is wrong here.", then a fresh
-  continuation of at most ``gec_max_new_tokens`` tokens sampled from the policy;
-* ``answer`` (p = 0.25): the response without its EOS, then "\\nWait! Something is wrong here. After verification,
-  the correct answer is \\boxed{<answer>}.", then the EOS again if the model had produced one;
-* ``solution`` (p = 0.25): the dataset's reference solution, then EOS.
+* ``reflect`` (p = 0.5): the response without its ending, then the cue " Wait! Something is wrong here.", then a fresh
+  continuation of at most ``gec_max_new_tokens`` tokens sampled from the policy (it ends the way the model ends it);
+* ``answer`` (p = 0.25): the response without its ending, then "\\nWait! Something is wrong here. After verification,
+  the correct answer is \\boxed{<answer>}.", then the turn closed again if the model had closed it;
+* ``solution`` (p = 0.25): the dataset's reference solution, then the turn closed.
 
-Everything is done on token ids: the continuation prompt is prompt + response (EOS stripped) + cue, and the corrected
-response is response + cue + new tokens, so nothing is decoded and re-tokenized (the official code does, and loses
-the EOS of every completion). These functions are pure; ``EdgeGRPOTrainer`` runs the generation and the rewards.
+A response's *ending* is its final run of stop tokens: EOS, and with conversational prompts the chat template's
+end-of-turn token, e.g. ``<|im_end|>`` or ``<|im_end|><|endoftext|>`` for Qwen. Injected text goes before it, inside
+the assistant turn; a corrected response is closed by ``turn_closing``: the end-of-turn token, then any EOS the model
+had produced after it (plain prompts: the model's own ending).
+
+Everything is done on token ids: the continuation prompt is prompt + response (ending stripped) + cue, and the
+corrected response is response + cue + new tokens, so nothing is decoded and re-tokenized (the official code does,
+and loses the EOS of every completion). These functions are pure; ``EdgeGRPOTrainer`` runs the generation and the
+rewards.
 """
 
 from __future__ import annotations
@@ -42,12 +48,32 @@ def choose_branches(
     return [BRANCHES[next((k for k, c in enumerate(cumulative) if u < c), len(BRANCHES) - 1)] for u in draws]
 
 
-def strip_eos(ids: Sequence[int], eos_token_ids: Sequence[int]) -> tuple[list[int], bool]:
-    """The response without a final EOS token, and whether it had one."""
+def split_ending(ids: Sequence[int], stop_token_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``(body, ending)``: ``ending`` is the final run of stop tokens of ``ids`` (empty for a cut response)."""
     ids = list(ids)
-    if ids and ids[-1] in eos_token_ids:
-        return ids[:-1], True
-    return ids, False
+    cut = len(ids)
+    while cut > 0 and ids[cut - 1] in stop_token_ids:
+        cut -= 1
+    return ids[:cut], ids[cut:]
+
+
+def strip_eos(ids: Sequence[int], eos_token_ids: Sequence[int]) -> tuple[list[int], bool]:
+    """The response without its ending (final stop tokens), and whether it had one."""
+    body, ending = split_ending(ids, eos_token_ids)
+    return body, bool(ending)
+
+
+def turn_closing(ending: Sequence[int], end_of_turn_ids: Sequence[int] = ()) -> list[int]:
+    """How a corrected response is closed, given the ``ending`` the model gave its response.
+
+    With a chat template (``end_of_turn_ids``, e.g. ``[<|im_end|>]``): the end-of-turn token, then whatever else the
+    model emitted in its ending (``<|im_end|><|endoftext|>`` stays so, a bare ``<|endoftext|>`` becomes
+    ``<|im_end|><|endoftext|>``), so the turn is always closed. Plain prompts: the model's own ending. A cut response
+    (no ending) stays open: ``[]``.
+    """
+    if not ending:
+        return []
+    return [*end_of_turn_ids, *(t for t in ending if t not in end_of_turn_ids)]
 
 
 @dataclass
@@ -84,23 +110,27 @@ def _finish(
 
 
 def reflection_prompt(
-    prompt_ids: Sequence[int], response_ids: Sequence[int], cue_ids: Sequence[int], eos_token_ids: Sequence[int]
+    prompt_ids: Sequence[int], response_ids: Sequence[int], cue_ids: Sequence[int], stop_token_ids: Sequence[int]
 ) -> list[int]:
-    """The prompt a reflection continues from: prompt + response (EOS stripped) + cue."""
-    return list(prompt_ids) + strip_eos(response_ids, eos_token_ids)[0] + list(cue_ids)
+    """The prompt a reflection continues from: prompt + response (ending stripped, so the turn is open) + cue.
+
+    ``stop_token_ids``: EOS and the end-of-turn token (all the tokens that end a response).
+    """
+    return list(prompt_ids) + split_ending(response_ids, stop_token_ids)[0] + list(cue_ids)
 
 
 def reflect(
     response_ids: Sequence[int],
     cue_ids: Sequence[int],
     continuation_ids: Sequence[int],
-    eos_token_ids: Sequence[int],
+    stop_token_ids: Sequence[int],
     max_length: int | None,
     response_logprobs: Sequence[float | None] | None = None,
     continuation_logprobs: Sequence[float | None] | None = None,
 ) -> Correction:
-    """response (EOS stripped) + cue + continuation; the cue is injected. The continuation keeps its own EOS."""
-    body, _ = strip_eos(response_ids, eos_token_ids)
+    """response (ending stripped) + cue + continuation; the cue is injected. The continuation keeps its own ending
+    (sampled with the same stop tokens, it closes the turn the way the model does)."""
+    body, _ = split_ending(response_ids, stop_token_ids)
     logprobs = None
     if response_logprobs is not None:
         cont = list(continuation_logprobs) if continuation_logprobs is not None else [None] * len(continuation_ids)
@@ -112,13 +142,15 @@ def reflect(
 def inject_answer(
     response_ids: Sequence[int],
     injection_ids: Sequence[int],
-    eos_token_ids: Sequence[int],
+    stop_token_ids: Sequence[int],
     max_length: int | None,
     response_logprobs: Sequence[float | None] | None = None,
+    end_of_turn_ids: Sequence[int] = (),
 ) -> Correction:
-    """response (EOS stripped) + injected answer text, + EOS again if the model had produced one."""
-    body, had_eos = strip_eos(response_ids, eos_token_ids)
-    tail = [eos_token_ids[0]] if had_eos else []
+    """response (ending stripped) + injected answer text (inside the turn) + ``turn_closing`` of the model's ending
+    (nothing if the response was cut). ``stop_token_ids``: EOS and the end-of-turn token."""
+    body, ending = split_ending(response_ids, stop_token_ids)
+    tail = turn_closing(ending, end_of_turn_ids)
     logprobs = None
     if response_logprobs is not None:
         logprobs = list(response_logprobs)[: len(body)] + [None] * (len(injection_ids) + len(tail))
@@ -127,11 +159,12 @@ def inject_answer(
 
 def replace_with_solution(
     solution_ids: Sequence[int],
-    eos_token_ids: Sequence[int],
+    closing_ids: Sequence[int],
     max_length: int | None,
     with_logprobs: bool = False,
 ) -> Correction:
-    """The reference solution + EOS, every token injected."""
-    ids = [*solution_ids, eos_token_ids[0]]
+    """The reference solution + ``closing_ids`` (the turn's end: ``turn_closing`` of the model's ending, or the
+    end-of-turn token / EOS for a cut response), every token injected."""
+    ids = [*solution_ids, *closing_ids]
     logprobs = [None] * len(ids) if with_logprobs else None
     return _finish("solution", [(ids, True)], max_length, logprobs)

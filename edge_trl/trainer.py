@@ -60,6 +60,7 @@ from edge_trl.core_algos import (
     token_covariance,
 )
 from edge_trl.data import normalize_answer
+from edge_trl.end_of_turn import end_of_turn_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +142,56 @@ class EdgeGRPOTrainer(GRPOTrainer):
         self._rollout: _RolloutState | None = None
         self._loss: _LossState | None = None
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        self._stop_at_end_of_turn()
         if self.args.gec_correction_active:
             self._setup_gec(kwargs.get("train_dataset"))
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # End of turn: a stop token with conversational prompts
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _stop_at_end_of_turn(self) -> None:
+        """With conversational prompts, the chat template's end-of-turn token ends a completion too.
+
+        TRL 1.16 stops at the model's ``generation_config.eos_token_id`` plus the tokenizer's EOS (``eos_token_ids``),
+        which for a base model such as Qwen2.5-Math-1.5B is ``<|endoftext|>`` alone, so the ``<|im_end|>`` that
+        closes the assistant turn would not stop a rollout. Adds it to ``eos_token_ids`` (TRL's completion mask and
+        length metrics), to the transformers ``generation_config`` / ``generation_kwargs`` and to vLLM's
+        ``stop_token_ids``. ``end_of_turn_token_ids`` (``[]`` for plain prompts) is what GEC closes turns with.
+        """
+        self.end_of_turn_token_ids: list[int] = (
+            end_of_turn_token_ids(self._tokenizer) if self._prompts_are_conversational() else []
+        )
+        new = [t for t in self.end_of_turn_token_ids if t not in self.eos_token_ids]
+        if not new:
+            return
+        self.eos_token_ids = [*self.eos_token_ids, *new]
+        generation_config = getattr(self, "generation_config", None)  # the transformers backends
+        if generation_config is not None:
+            current = generation_config.eos_token_id
+            current = [] if current is None else [current] if isinstance(current, int) else list(current)
+            stops = [*current, *(t for t in new if t not in current)]
+            generation_config.eos_token_id = stops
+            self.generation_kwargs["eos_token_id"] = stops  # TRL also overrides the model's config with these
+        vllm_generation = getattr(self, "vllm_generation", None)
+        if vllm_generation is not None:  # vLLM stops at the model's EOS and at these (colocate and server modes)
+            extra = dict(vllm_generation.generation_kwargs)  # may be args.generation_kwargs itself: do not mutate
+            extra["stop_token_ids"] = [*(extra.get("stop_token_ids") or []), *new]
+            vllm_generation.generation_kwargs = extra
+
+    def _prompts_are_conversational(self) -> bool:
+        """Whether the training (else evaluation) prompts are chat messages, which TRL renders with the template."""
+        for dataset in (self.train_dataset, self.eval_dataset):
+            if isinstance(dataset, dict):  # several evaluation datasets
+                dataset = next(iter(dataset.values()), None)
+            if dataset is None:
+                continue
+            try:
+                first = next(iter(dataset))
+            except StopIteration:
+                continue
+            return is_conversational(first)
+        return False
 
     # ----------------------------------------------------------------------------------------------------------------
     # Rollout: group-scope EDA and collapse metrics
@@ -436,10 +485,11 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
         # gec_cue_in_budget=False is the official code's budget: nothing is cut.
         max_length = self.max_completion_length + args.gec_max_new_tokens if args.gec_cue_in_budget else None
-        eos = list(self.eos_token_ids)
+        # A response ends with a run of these (e.g. <|im_end|>, or <|im_end|><|endoftext|>): injections go before it.
+        stops, end_of_turn = list(self.eos_token_ids), self.end_of_turn_token_ids
         reflect_ids = [i for i in wrong if plan[i] == "reflect"]
         continuations, continuation_logprobs = self._generate_reflections(
-            [gec.reflection_prompt(prompt_ids[i], completion_ids[i], self._gec_cue_ids, eos) for i in reflect_ids]
+            [gec.reflection_prompt(prompt_ids[i], completion_ids[i], self._gec_cue_ids, stops) for i in reflect_ids]
         )
         corrections: dict[int, gec.Correction] = {}
         for k, i in enumerate(reflect_ids):
@@ -447,7 +497,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 completion_ids[i],
                 self._gec_cue_ids,
                 continuations[k],
-                eos,
+                stops,
                 max_length,
                 None if logprobs is None else logprobs[i],
                 None if continuation_logprobs is None else continuation_logprobs[k],
@@ -457,10 +507,15 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 text = args.gec_answer_template.replace("{answer}", answers[i])
                 injection = self._tokenizer(text, add_special_tokens=False)["input_ids"]
                 response_logprobs = None if logprobs is None else logprobs[i]
-                corrections[i] = gec.inject_answer(completion_ids[i], injection, eos, max_length, response_logprobs)
+                corrections[i] = gec.inject_answer(
+                    completion_ids[i], injection, stops, max_length, response_logprobs, end_of_turn
+                )
             elif plan[i] == "solution":
                 solution_ids = self._tokenizer(rows[i][args.gec_solution_column], add_special_tokens=False)["input_ids"]
-                corrections[i] = gec.replace_with_solution(solution_ids, eos, max_length, logprobs is not None)
+                # Closed like the model closed this response; a cut one gets the end of turn (plain prompts: EOS).
+                closing = gec.turn_closing(gec.split_ending(completion_ids[i], stops)[1], end_of_turn)
+                closing = closing or end_of_turn or [self.eos_token_ids[0]]
+                corrections[i] = gec.replace_with_solution(solution_ids, closing, max_length, logprobs is not None)
 
         completion_ids, completions = list(completion_ids), list(completions)
         if corrections:
