@@ -3,6 +3,8 @@
 The trainer is glue: the formulas live in :mod:`edge_trl.core_algos`, GEC's token assembly in :mod:`edge_trl.gec`.
 It hooks TRL at these seams and re-implements no TRL method body:
 
+* construction (after TRL's): with conversational prompts, the chat template's end-of-turn token joins TRL's stop
+  tokens (``eos_token_ids``, the transformers ``generation_config``, vLLM's ``stop_token_ids``);
 * ``_generate`` (after TRL's rollout): GEC scores the rollout with TRL's own ``_calculate_rewards``, then corrects
   the wrong responses in token space (one batched regeneration, through ``_generate_single_turn``, for the
   reflection branch) before TRL scores them again and computes advantages; then re-logs TRL's length metrics and
