@@ -20,6 +20,10 @@ It hooks TRL at these seams and re-implements no TRL method body:
   selected tokens detached), its per-token penalty (KL-Cov) and whether to drop PPO's clip (KL-Cov).
 * ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
   and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
+* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
+  and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
+  GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
+  across epochs. See :mod:`edge_trl.checkpointing`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
