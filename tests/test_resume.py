@@ -133,3 +133,10 @@ def test_resumable_sampler_orders_match_trl_and_survive_a_new_sampler() -> None:
     fresh = ResumableRepeatSampler(**settings)  # a resumed run's sampler
     fresh.set_epoch(2)
     assert list(fresh) == trl_orders[2]
+
+
+def test_edge_sampler_keeps_trl_order_in_an_uninterrupted_run(runs: Path) -> None:
+    """Over two epochs, EdgeGRPOTrainer (every feature off) sees TRL's prompts in TRL's order and trains identically."""
+    (trl_full, _), (edge_full, _) = load(runs, "trl-epochs"), load(runs, "grpo-epochs")
+    assert edge_full["rollouts"] == trl_full["rollouts"]
+    assert [s["loss"] for s in steps(edge_full)] == [s["loss"] for s in steps(trl_full)]
