@@ -22,6 +22,10 @@ It hooks TRL at these seams and re-implements no TRL method body:
   selected tokens detached), its per-token penalty (KL-Cov) and whether to drop PPO's clip (KL-Cov).
 * ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
   and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
+* ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
+  and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
+  GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
+  across epochs. See :mod:`edge_trl.checkpointing`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
@@ -44,12 +48,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.utils import RepeatSampler
 
 from edge_trl import gec
 from edge_trl._compat import check_trl_version
+from edge_trl.checkpointing import (
+    ResumableRepeatSampler,
+    load_resume_state,
+    rollout_in_progress,
+    save_resume_state,
+)
 from edge_trl.config import EdgeGRPOConfig
 from edge_trl.core_algos import (
     CovSettings,
@@ -647,6 +659,70 @@ class EdgeGRPOTrainer(GRPOTrainer):
         for key, value in replaced.items():
             metrics[key][-1] = value  # TRL appended this rollout's (uncorrected) value last
         metrics["gec/mean_length_before"].append(before_lengths.float().mean().item())
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # Checkpoints: exact resume (what is saved and why: edge_trl.checkpointing)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is not RepeatSampler:
+            return sampler
+        # TRL's sampler with TRL's arguments, whose order in epoch e no longer depends on the epochs this process ran.
+        return ResumableRepeatSampler(
+            data_source=sampler.data_source,
+            mini_repeat_count=sampler.mini_repeat_count,
+            batch_size=sampler.batch_size,
+            repeat_count=sampler.repeat_count,
+            shuffle=sampler.shuffle,
+            seed=sampler.seed,
+        )
+
+    def _resume_counters(self) -> dict[str, int]:
+        """The counters a resumed run must continue from: TRL's micro-step (rollout timing and slice, Clip-Cov's
+        generator) and GEC's rollout count (its branch-draw generator)."""
+        return {"trl_step": self._step, "gec_rollouts": getattr(self, "_gec_calls", 0)}
+
+    def _rollout_in_progress(self) -> bool:
+        return rollout_in_progress(self._step, self.args.steps_per_generation, self.num_iterations)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Written before TRL 1.16 / transformers 5.24 Trainer._save_checkpoint writes its files, into the folder it
+        # names the same way: trainer_state.json stays a checkpoint's last file, and a Hub push of it includes ours.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        save_resume_state(
+            folder,
+            self._resume_counters(),
+            self._buffered_inputs if self._rollout_in_progress() else None,
+            process_index=self.accelerator.process_index,
+            is_main_process=self.args.should_save,
+        )
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # The hook TRL 1.16 itself uses to restore extra state on resume (its entropy controller's).
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        counters, buffered = load_resume_state(checkpoint, self.accelerator.process_index, self.accelerator.device)
+        if counters is None:
+            logger.warning(
+                "%s has no edge-trl state (a checkpoint written by another trainer or an older edge-trl): TRL's step, "
+                "GEC's draws and Clip-Cov's generator restart at 0, so the run will not continue exactly.",
+                checkpoint,
+            )
+            return
+        self._step = counters["trl_step"]
+        if hasattr(self, "_gec_calls"):
+            self._gec_calls = counters["gec_rollouts"]
+        self._buffered_inputs = buffered
+        if self._rollout_in_progress() and buffered is None:
+            logger.warning(
+                "%s was saved inside a rollout but has no rollout buffer for process %d (resumed with more processes?):"
+                " a new rollout is generated, so the run will not continue exactly.",
+                checkpoint,
+                self.accelerator.process_index,
+            )
 
     # ----------------------------------------------------------------------------------------------------------------
     # Model card
