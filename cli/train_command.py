@@ -144,10 +144,8 @@ class TrainCommand(click.Command):
 
     @staticmethod
     def _help_record(spec: FieldSpec, param: click.Parameter, ctx: click.Context) -> tuple[str, str]:
-        if spec.kind == "bool":
-            name = f"--[no-]{spec.flag[2:]}"  # short enough for 80 columns even for the longest TRL names
-        else:
-            name = f"{spec.flag} {param.type.get_metavar(param, ctx)}"
+        # --[no-]flag: short enough for 80 columns even with the longest TRL names
+        name = f"--[no-]{spec.flag[2:]}" if spec.kind == "bool" else f"{spec.flag} {param.type.get_metavar(param, ctx)}"
         default = _shown_default(spec)
         return name, param.help + (f" [default: {default}]" if default is not None else "")
 

@@ -305,6 +305,11 @@ def _resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSet
             f"this machine has no GPU: the command below is for a GPU machine (--accelerate-config {name}); "
             "running it here would fail."
         )
+    if name in DEEPSPEED_CONFIGS and not gpus:
+        warnings.append(
+            f"this machine has no GPU: --accelerate-config {name} runs DeepSpeed on CPU processes here (slow; meant "
+            "for tests). On a GPU machine the command uses one process per GPU."
+        )
     if name in DEEPSPEED_CONFIGS and importlib.util.find_spec("deepspeed") is None:
         raise LaunchError(
             f"--accelerate-config {name} uses DeepSpeed, which is not installed: "
