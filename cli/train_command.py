@@ -18,7 +18,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from edge_trl.config_schema import FieldSpec, coerce, field_specs, trainer_fields
+from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
 from edge_trl.run_spec import RunSpec, run_keys
 
 # Extra spellings kept from earlier versions of the CLI.
@@ -39,45 +39,45 @@ EPILOG = (
 class FieldType(click.ParamType):
     """A flag's value, converted and checked the way recipe and --set values are (`config_schema.coerce`)."""
 
-    def __init__(self, spec: FieldSpec) -> None:
-        self.spec = spec
-        self.name = spec.kind
+    def __init__(self, config_field: ConfigField) -> None:
+        self.config_field = config_field
+        self.name = config_field.kind
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if not isinstance(value, str):
             return value
         try:
-            return coerce(self.spec, value, from_text=True)
+            return coerce(self.config_field, value, from_text=True)
         except ValueError as error:
             self.fail(str(error), param, ctx)
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        if self.spec.choices and len(self.spec.choices) <= 6:
-            return "[" + "|".join(self.spec.choices) + "]"
-        return {"int": "INT", "float": "FLOAT", "str": "TEXT", "yaml": "VALUE"}.get(self.spec.kind, "VALUE")
+        if self.config_field.choices and len(self.config_field.choices) <= 6:
+            return "[" + "|".join(self.config_field.choices) + "]"
+        return {"int": "INT", "float": "FLOAT", "str": "TEXT", "yaml": "VALUE"}.get(self.config_field.kind, "VALUE")
 
 
-def _field_option(spec: FieldSpec) -> click.Option:
-    dashed, underscored = spec.flag, "--" + spec.name
-    help_text = spec.help
-    if spec.choices and len(spec.choices) > 6:
-        help_text += f" Choices: {', '.join(spec.choices)}."
-    if spec.kind == "bool":
+def _field_option(config_field: ConfigField) -> click.Option:
+    dashed, underscored = config_field.flag, "--" + config_field.name
+    help_text = config_field.help
+    if config_field.choices and len(config_field.choices) > 6:
+        help_text += f" Choices: {', '.join(config_field.choices)}."
+    if config_field.kind == "bool":
         names = [f"{dashed}/--no-{dashed[2:]}"]
         if underscored != dashed:
-            names.append(f"{underscored}/--no_{spec.name}")
-        if spec.name in ALIASES:
-            names.append("/".join(ALIASES[spec.name]))
-        return click.Option([*names, spec.name], default=None, help=help_text, is_flag=True)
+            names.append(f"{underscored}/--no_{config_field.name}")
+        if config_field.name in ALIASES:
+            names.append("/".join(ALIASES[config_field.name]))
+        return click.Option([*names, config_field.name], default=None, help=help_text, is_flag=True)
     names = [dashed, *([underscored] if underscored != dashed else [])]
-    return click.Option([*names, spec.name], type=FieldType(spec), default=None, help=help_text)
+    return click.Option([*names, config_field.name], type=FieldType(config_field), default=None, help=help_text)
 
 
-def option_fields() -> list[FieldSpec]:
+def option_fields() -> list[ConfigField]:
     """The fields that become flags: the run keys, then the trainer fields (a run key wins a shared name)."""
     keys = run_keys()
-    run = [spec for spec in field_specs(RunSpec) if spec.name in keys]
-    trainer = [spec for name, spec in trainer_fields().items() if name not in keys]
+    run = [config_field for config_field in config_fields(RunSpec) if config_field.name in keys]
+    trainer = [config_field for name, config_field in trainer_fields().items() if name not in keys]
     return [*run, *trainer]
 
 
@@ -110,16 +110,16 @@ class TrainCommand(click.Command):
             short_help="Train with EdgeGRPOTrainer through `accelerate launch`.",
             epilog=EPILOG,
         )
-        self.fields: dict[str, FieldSpec] | None = None
+        self.fields: dict[str, ConfigField] | None = None
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self.fields is None:
-            specs = option_fields()
-            clash = {spec.name for spec in specs} & set(COMMAND_OPTIONS)
+            field_list = option_fields()
+            clash = {config_field.name for config_field in field_list} & set(COMMAND_OPTIONS)
             if clash:
                 raise RuntimeError(f"config fields {sorted(clash)} clash with options of `edge-trl train`")
-            self.fields = {spec.name: spec for spec in specs}
-            self.params += [_field_option(spec) for spec in specs]
+            self.fields = {config_field.name: config_field for config_field in field_list}
+            self.params += [_field_option(config_field) for config_field in field_list]
         return super().get_params(ctx)
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -127,15 +127,14 @@ class TrainCommand(click.Command):
         params = self.get_params(ctx)
         sections: dict[str, list[tuple[str, str]]] = {"Options": []}
         for param in params:
-            spec = self.fields.get(param.name) if isinstance(param, click.Option) else None
-            if spec is None:
+            config_field = self.fields.get(param.name) if isinstance(param, click.Option) else None
+            if config_field is None:
                 record = param.get_help_record(ctx)
                 if record:
                     sections["Options"].append(record)
                 continue
-            owner = "RunSpec" if spec.owner == "RunSpec" else spec.owner
-            title = dict(SECTIONS).get(owner, OTHER_SECTION)
-            sections.setdefault(title, []).append(self._help_record(spec, param, ctx))
+            title = dict(SECTIONS).get(config_field.owner, OTHER_SECTION)
+            sections.setdefault(title, []).append(self._help_record(config_field, param, ctx))
         order = ["Options", *(title for _, title in SECTIONS), OTHER_SECTION]
         for title in order:
             if sections.get(title):
@@ -143,19 +142,23 @@ class TrainCommand(click.Command):
                     formatter.write_dl(sections[title], col_max=34)
 
     @staticmethod
-    def _help_record(spec: FieldSpec, param: click.Parameter, ctx: click.Context) -> tuple[str, str]:
+    def _help_record(config_field: ConfigField, param: click.Parameter, ctx: click.Context) -> tuple[str, str]:
         # --[no-]flag: short enough for 80 columns even with the longest TRL names
-        name = f"--[no-]{spec.flag[2:]}" if spec.kind == "bool" else f"{spec.flag} {param.type.get_metavar(param, ctx)}"
-        default = _shown_default(spec)
+        name = (
+            f"--[no-]{config_field.flag[2:]}"
+            if config_field.kind == "bool"
+            else f"{config_field.flag} {param.type.get_metavar(param, ctx)}"
+        )
+        default = _shown_default(config_field)
         return name, param.help + (f" [default: {default}]" if default is not None else "")
 
 
-def _shown_default(spec: FieldSpec) -> Any:
+def _shown_default(config_field: ConfigField) -> Any:
     from edge_trl.presets import TRAINING_DEFAULTS
 
-    if spec.name in TRAINING_DEFAULTS:
-        return TRAINING_DEFAULTS[spec.name]
-    return spec.default if spec.default not in (None, "", [], {}) else None
+    if config_field.name in TRAINING_DEFAULTS:
+        return TRAINING_DEFAULTS[config_field.name]
+    return config_field.default if config_field.default not in (None, "", [], {}) else None
 
 
 def run_train(**values: Any) -> None:

@@ -39,7 +39,7 @@ KINDS = ("bool", "int", "float", "str", "yaml")  # yaml: lists, dicts, unions; t
 
 
 @dataclass(frozen=True)
-class FieldSpec:
+class ConfigField:
     """One config field as the CLI sees it."""
 
     name: str
@@ -55,8 +55,8 @@ class FieldSpec:
         return "--" + self.name.replace("_", "-")
 
 
-def field_specs(cls: type) -> list[FieldSpec]:
-    """The init fields of dataclass ``cls`` as `FieldSpec`s, from their type hints and ``metadata``."""
+def config_fields(cls: type) -> list[ConfigField]:
+    """The init fields of dataclass ``cls`` as `ConfigField`s, from their type hints and ``metadata``."""
     hints = typing.get_type_hints(cls)
     return [_field_spec(f, hints.get(f.name, f.type), _owner(cls, f.name)) for f in dataclasses.fields(cls) if f.init]
 
@@ -66,7 +66,7 @@ def _owner(cls: type, name: str) -> str:
     return next((k.__name__ for k in cls.__mro__ if name in inspect.get_annotations(k)), cls.__name__)
 
 
-def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> FieldSpec:
+def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> ConfigField:
     members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     optional = type(None) in members
     members = tuple(m for m in members if m is not type(None))
@@ -78,7 +78,7 @@ def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> FieldSpec:
     choices = field.metadata.get("choices")
     if choices is None and enums and kind == "str":
         choices = [member.value for member in enums[0]]
-    return FieldSpec(
+    return ConfigField(
         name=field.name,
         kind=kind,
         optional=optional,
@@ -128,14 +128,14 @@ def cache_key() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def build_trainer_fields() -> list[FieldSpec]:
+def build_trainer_fields() -> list[ConfigField]:
     """The live fields of `EdgeGRPOConfig` (imports trl: seconds)."""
     from edge_trl.config import EdgeGRPOConfig
 
-    return field_specs(EdgeGRPOConfig)
+    return config_fields(EdgeGRPOConfig)
 
 
-def trainer_fields() -> dict[str, FieldSpec]:
+def trainer_fields() -> dict[str, ConfigField]:
     """The fields of `EdgeGRPOConfig` by name, from the cache when it is fresh, else built and cached."""
     key = cache_key()
     path = cache_dir() / CACHE_FILE
@@ -145,14 +145,14 @@ def trainer_fields() -> dict[str, FieldSpec]:
             return {f["name"]: _from_json(f) for f in stored["fields"]}
     except (OSError, ValueError, KeyError, TypeError):
         pass  # missing, unreadable, corrupt or from another layout: rebuild
-    specs = build_trainer_fields()
-    _write_atomically(path, {"key": key, "fields": [dataclasses.asdict(s) for s in specs]})
-    return {s.name: s for s in specs}
+    config_field_list = build_trainer_fields()
+    _write_atomically(path, {"key": key, "fields": [dataclasses.asdict(s) for s in config_field_list]})
+    return {s.name: s for s in config_field_list}
 
 
-def _from_json(data: dict[str, Any]) -> FieldSpec:
+def _from_json(data: dict[str, Any]) -> ConfigField:
     choices = data.get("choices")
-    return FieldSpec(**{**data, "choices": tuple(choices) if choices is not None else None})
+    return ConfigField(**{**data, "choices": tuple(choices) if choices is not None else None})
 
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -174,51 +174,57 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
-def coerce(spec: FieldSpec, value: Any, from_text: bool = False) -> Any:
+def coerce(config_field: ConfigField, value: Any, from_text: bool = False) -> Any:
     """``value`` converted to the field's kind and checked against its choices; raises ``ValueError`` naming the
     field. ``from_text``: the value is a command-line string (YAML and ``--set`` values arrive already parsed)."""
     if value is None:
         return None
-    if from_text and spec.kind == "yaml":
+    if from_text and config_field.kind == "yaml":
         try:
             return yaml.safe_load(value)
         except yaml.YAMLError as error:
-            raise ValueError(f"{spec.name}={value!r}: cannot parse the value ({error}).") from error
+            raise ValueError(f"{config_field.name}={value!r}: cannot parse the value ({error}).") from error
     is_null = isinstance(value, str) and value.strip().lower() in ("none", "null")
-    if is_null and spec.optional and not (spec.choices and value in spec.choices):
+    if is_null and config_field.optional and not (config_field.choices and value in config_field.choices):
         return None
-    wrong_type = ValueError(f"{spec.name}={value!r} has the wrong type; expected a {spec.kind}.")
-    if spec.kind == "bool":
+    wrong_type = ValueError(f"{config_field.name}={value!r} has the wrong type; expected a {config_field.kind}.")
+    if config_field.kind == "bool":
         if isinstance(value, str) and value.strip().lower() in (*_TRUE, *_FALSE):
             return value.strip().lower() in _TRUE
         if not isinstance(value, bool):
             raise wrong_type
-    elif spec.kind in ("int", "float"):
+    elif config_field.kind in ("int", "float"):
         if isinstance(value, bool):
             raise wrong_type
         if isinstance(value, str):  # YAML reads 1e-6 as text
             try:
-                value = float(value) if spec.kind == "float" or not value.strip().lstrip("-").isdigit() else int(value)
+                value = (
+                    float(value)
+                    if config_field.kind == "float" or not value.strip().lstrip("-").isdigit()
+                    else int(value)
+                )
             except ValueError:
                 raise wrong_type from None
         if not isinstance(value, (int, float)):
             raise wrong_type
-        if spec.kind == "int":
+        if config_field.kind == "int":
             if not float(value).is_integer():
                 raise wrong_type
             value = int(value)
         else:
             value = float(value)
-    elif spec.kind == "str":
+    elif config_field.kind == "str":
         if isinstance(value, (list, dict)):
             raise wrong_type
         value = str(value)
-    if spec.choices and value not in spec.choices:
+    if config_field.choices and value not in config_field.choices:
         lowered = str(value).strip().lower()  # 'KL-Cov' -> 'kl_cov', 'every-save' -> 'every_save'
-        spellings = [s for s in (lowered, lowered.replace("-", "_"), lowered.replace("_", "-")) if s in spec.choices]
+        spellings = [
+            s for s in (lowered, lowered.replace("-", "_"), lowered.replace("_", "-")) if s in config_field.choices
+        ]
         if not spellings:
-            close = difflib.get_close_matches(lowered, spec.choices, n=1)
+            close = difflib.get_close_matches(lowered, config_field.choices, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{spec.name}={value!r} is not one of: {', '.join(spec.choices)}.{hint}")
+            raise ValueError(f"{config_field.name}={value!r} is not one of: {', '.join(config_field.choices)}.{hint}")
         value = spellings[0]
     return value

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from edge_trl.checkpoints import last_checkpoint
-from edge_trl.config_schema import FieldSpec, coerce, field_specs, trainer_fields
+from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
 from edge_trl.presets import (
     CPU_DEFAULTS,
     DEEPSPEED_CONFIGS,
@@ -85,9 +85,11 @@ class PreparedRun:
         return shlex.join(self.command())
 
 
-def known_fields() -> dict[str, FieldSpec]:
+def known_fields() -> dict[str, ConfigField]:
     """Every key a recipe, ``--set`` or a flag may set: the EdgeGRPOConfig fields and the RunSpec keys."""
-    run = {spec.name: spec for spec in field_specs(RunSpec) if spec.name in run_keys()}
+    run = {
+        config_field.name: config_field for config_field in config_fields(RunSpec) if config_field.name in run_keys()
+    }
     return {**trainer_fields(), **run}  # a run key wins (resume_from_checkpoint is both)
 
 
@@ -100,7 +102,7 @@ def _unknown_key_error(key: str, where: str, known: set[str]) -> LaunchError:
     )
 
 
-def check_settings(values: dict[str, Any], fields: dict[str, FieldSpec], where: str) -> dict[str, Any]:
+def check_settings(values: dict[str, Any], fields: dict[str, ConfigField], where: str) -> dict[str, Any]:
     """``values`` with every key known and every value of its field's kind (converted: YAML reads 1e-6 as text)."""
     checked = {}
     for key, value in values.items():
@@ -148,7 +150,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
     return check_settings(data, known_fields(), f"--config {path}")
 
 
-def user_settings(request: TrainRequest, fields: dict[str, FieldSpec]) -> dict[str, Any]:
+def user_settings(request: TrainRequest, fields: dict[str, ConfigField]) -> dict[str, Any]:
     """The user's settings, recipe < ``--set`` < flags, each checked against the fields."""
     settings = load_recipe(request.config) if request.config else {}
     settings.update(check_settings(parse_overrides(request.overrides), fields, "--set"))
@@ -364,12 +366,14 @@ def _trainer_settings(
     return settings
 
 
-def validate_trainer_settings(settings: dict[str, Any], num_processes: int, fields: dict[str, FieldSpec]) -> list[str]:
+def validate_trainer_settings(
+    settings: dict[str, Any], num_processes: int, fields: dict[str, ConfigField]
+) -> list[str]:
     """EdgeGRPOConfig's own checks plus TRL's batch checks, without importing trl; returns the warnings.
 
     Normalises ``settings`` in place (``cov_mode='kl-cov'`` -> ``'kl_cov'``), so the run reads what was checked.
     """
-    values = {name: spec.default for name, spec in fields.items()}
+    values = {name: config_field.default for name, config_field in fields.items()}
     values.update(settings)
     if values.get("steps_per_generation") is None:
         values["steps_per_generation"] = values["gradient_accumulation_steps"]

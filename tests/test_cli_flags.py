@@ -53,8 +53,8 @@ def test_help_lists_every_config_field_as_a_flag_within_80_columns():
     result = runner.invoke(app, ["train", "--help"])
     assert result.exit_code == 0, result.output
     shown = {line.split()[0] for line in result.output.splitlines() if line.startswith("  --")}
-    for name, spec in trainer_fields().items():
-        assert (f"--[no-]{spec.flag[2:]}" if spec.kind == "bool" else spec.flag) in shown, name
+    for name, config_field in trainer_fields().items():
+        assert (f"--[no-]{config_field.flag[2:]}" if config_field.kind == "bool" else config_field.flag) in shown, name
     assert "--model TEXT" in result.output and "--[no-]lora " in result.output  # the RunSpec keys
     assert "edge-trl (EdgeGRPOConfig):" in result.output and "GRPO (TRL GRPOConfig):" in result.output
     assert max(len(line) for line in result.output.splitlines()) <= 80
@@ -156,7 +156,7 @@ def test_cached_schema_equals_the_live_dataclass_fields(cache):
     assert cache.is_file() and not list(cache.parent.glob("*.tmp"))  # written atomically: no temporary left
     stored = json.loads(cache.read_text())
     assert stored["key"] == config_schema.cache_key()
-    live = {spec.name: spec for spec in build_trainer_fields()}
+    live = {config_field.name: config_field for config_field in build_trainer_fields()}
     assert trainer_fields() == first == live  # the second call reads the file
     assert live["cov_mode"].choices == ("none", "clip_cov", "kl_cov") and live["eda"].owner == "EdgeGRPOConfig"
 
@@ -172,7 +172,7 @@ def test_cache_is_rebuilt_when_its_key_changes_or_it_is_corrupt(cache, monkeypat
     trainer_fields()
     assert len(builds) == 2 and json.loads(cache.read_text())["key"] == "trl==9.9 transformers==9.9"
     cache.write_text('{"key": "trl==9.9 transformers==9.9", "fields": [{"nam')  # a half-written file
-    assert trainer_fields() == {spec.name: spec for spec in real_build()}
+    assert trainer_fields() == {config_field.name: config_field for config_field in real_build()}
     assert len(builds) == 3
 
 
@@ -201,7 +201,7 @@ def test_a_new_config_field_becomes_a_flag_with_no_cli_edit(cache, monkeypatch, 
 
     # What editing config.py does: the cache key changes and the live dataclass has the field.
     monkeypatch.setattr(config_schema, "cache_key", lambda: "edited config.py")
-    monkeypatch.setattr(config_schema, "build_trainer_fields", lambda: config_schema.field_specs(WithNewField))
+    monkeypatch.setattr(config_schema, "build_trainer_fields", lambda: config_schema.config_fields(WithNewField))
     assert "--new-knob INT" in runner.invoke(app, ["train", "--help"]).output
     _, spec, _ = dry_run("--model", str(tiny_model_path), "--dataset", str(data_file), "--new-knob", "5")
     assert spec["trainer"]["new_knob"] == 5
