@@ -156,7 +156,9 @@ def _from_json(data: dict[str, Any]) -> ConfigField:
 
 
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file. Failures are ignored."""
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file. Failures are ignored
+    (an unwritable cache only costs a rebuild next time)."""
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -164,9 +166,8 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
             json.dump(data, stream)
         os.replace(temporary, path)
     except OSError:
-        with_suffix = locals().get("temporary")
-        if with_suffix:
-            Path(with_suffix).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 # -- values ------------------------------------------------------------------------------------------------------------

@@ -317,6 +317,11 @@ def _resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSet
             f"--accelerate-config {name} uses DeepSpeed, which is not installed: "
             'pip install --no-build-isolation "edge-trl[deepspeed]"'
         )
+    if run.num_machines < 1 or not 0 <= run.machine_rank < run.num_machines:
+        raise LaunchError(
+            f"--num-machines {run.num_machines} --machine-rank {run.machine_rank}: need num_machines >= 1 and "
+            "0 <= machine_rank < num_machines."
+        )
     config = yaml.safe_load(config_path.read_text()) or {}
     if run.num_processes is not None:
         processes = run.num_processes

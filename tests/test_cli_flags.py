@@ -295,3 +295,9 @@ def test_start_up_commands_run_without_heavy_imports(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert text in result.stdout, args
         assert "HEAVY:\n" in result.stderr, (args, result.stderr[-500:])  # warm cache: none of the heavy modules
+
+
+def test_machine_rank_outside_the_machines_is_refused(as_gpu, tiny_model_path, data_file):
+    args = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--accelerate-config", "zero3"]
+    result = runner.invoke(app, ["train", *args, "--num-machines", "2", "--machine-rank", "2", "--dry-run"])
+    assert result.exit_code == 2 and "0 <= machine_rank < num_machines" in result.output, result.output
