@@ -1,6 +1,7 @@
 """Entry point of the `edge-trl` command.
 
-`train` resolves and launches a run through `accelerate launch`; `configs` lists the shipped accelerate configs and
+`train` (built in `train_command.py`, one flag per config field) resolves and launches a run through `accelerate
+launch`; `configs` lists the shipped accelerate configs and
 recipes; `eval` scores a model on the math benchmarks; `plot` draws the curves of runs; `env` reports versions.
 """
 
@@ -38,89 +39,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command()
-def train(
-    model: Annotated[str | None, typer.Option(help="Hub id, local path or alias (e.g. qwen2.5-math-1.5b).")] = None,
-    method: Annotated[
-        str | None, typer.Option(help="grpo, eda, gec, edge (default), force-reflection, clip-cov or kl-cov.")
-    ] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="Hub dataset id, local JSON/JSONL/Parquet file or save_to_disk folder.")
-    ] = None,
-    dataset_split: Annotated[str | None, typer.Option(help="Split to train on (default: train).")] = None,
-    prompt_column: Annotated[str | None, typer.Option(help="Column with the problem (default: found by name).")] = None,
-    answer_column: Annotated[str | None, typer.Option(help="Column with the reference answer.")] = None,
-    solution_column: Annotated[str | None, typer.Option(help="Column with the reference solution (GEC).")] = None,
-    template: Annotated[str | None, typer.Option(help="'chat' (default) or 'plain' for base models.")] = None,
-    reward: Annotated[str | None, typer.Option(help="Comma-separated: format, accuracy, format_accuracy.")] = None,
-    config: Annotated[Path | None, typer.Option(help="A recipe YAML: EdgeGRPOConfig fields and run keys.")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override any EdgeGRPOConfig field: --set key=value.")
-    ] = None,
-    accelerate_config: Annotated[
-        str | None,
-        typer.Option(help="single_gpu, multi_gpu, zero1, zero2, zero3, zero3_offload, fsdp, cpu, or a path."),
-    ] = None,
-    num_processes: Annotated[int | None, typer.Option(min=1)] = None,
-    num_machines: Annotated[int, typer.Option(min=1)] = 1,
-    machine_rank: Annotated[int, typer.Option(min=0)] = 0,
-    main_process_ip: str | None = None,
-    main_process_port: int | None = None,
-    lora: Annotated[bool, typer.Option("--lora", help="Train a LoRA adapter instead of the full model.")] = False,
-    lora_r: Annotated[int | None, typer.Option(min=1)] = None,
-    lora_alpha: Annotated[int | None, typer.Option(min=1)] = None,
-    lora_dropout: Annotated[float | None, typer.Option(min=0.0, max=1.0)] = None,
-    lora_target_modules: Annotated[str | None, typer.Option(help="Default: all-linear.")] = None,
-    push_to_hub: Annotated[bool, typer.Option("--push-to-hub")] = False,
-    hub_model_id: str | None = None,
-    hub_private: Annotated[bool | None, typer.Option("--hub-private/--hub-public")] = None,
-    hub_strategy: Annotated[str | None, typer.Option(help="end, every_save, checkpoint, all_checkpoints.")] = None,
-    output_dir: Path | None = None,
-    resume_from_checkpoint: Annotated[
-        str | None, typer.Option(help="A checkpoint folder, or 'last' for the newest in --output-dir.")
-    ] = None,
-    report_to: Annotated[str | None, typer.Option(help="none, tensorboard, wandb, ...")] = None,
-    seed: int | None = None,
-    max_steps: Annotated[int | None, typer.Option(min=1)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the command and resolved run, then exit.")] = False,
-) -> None:
-    """Train with EdgeGRPOTrainer through `accelerate launch` (DeepSpeed/FSDP configs, LoRA, Hub push)."""
-    import yaml
+@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+def train(ctx: typer.Context) -> None:
+    """Train with EdgeGRPOTrainer through `accelerate launch`; every config field is a flag (train --help)."""
+    # The options are generated from the config dataclasses by a plain click command (train_command.py); typer only
+    # hands it the arguments.
+    from edge_trl.cli.train_command import TrainCommand
 
-    from edge_trl.launch import LaunchError, TrainOptions, launch, resolve
-
-    options = TrainOptions(
-        model=model, method=method, dataset=dataset, dataset_split=dataset_split, prompt_column=prompt_column,
-        answer_column=answer_column, solution_column=solution_column, template=template, reward=reward,
-        config=config, overrides=list(set_ or []), accelerate_config=accelerate_config,
-        num_processes=num_processes, num_machines=num_machines, machine_rank=machine_rank,
-        main_process_ip=main_process_ip, main_process_port=main_process_port, lora=True if lora else None,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target_modules=lora_target_modules,
-        push_to_hub=push_to_hub, hub_model_id=hub_model_id, hub_private=hub_private, hub_strategy=hub_strategy,
-        output_dir=output_dir, resume_from_checkpoint=resume_from_checkpoint, report_to=report_to, seed=seed,
-        max_steps=max_steps,
-    )  # fmt: skip
-    try:
-        plan = resolve(options)
-    except LaunchError as error:
-        _fail(str(error))
-    for warning in plan.warnings:
-        typer.secho(f"warning: {warning}", err=True, fg=typer.colors.YELLOW)
-    if dry_run:
-        typer.echo(plan.command_line())
-        typer.echo(yaml.safe_dump(plan.spec, sort_keys=False))
-        return
-    typer.echo(f"+ {plan.command_line()}", err=True)
-    code = launch(plan)
-    if code != 0:
-        typer.secho(f"error: training failed (exit code {code}); see the messages above.", err=True, fg="red")
-        raise typer.Exit(code=code)
+    TrainCommand().main(args=ctx.args, prog_name="edge-trl train")
 
 
 @app.command()
 def configs(name: Annotated[str | None, typer.Argument(help="A config or recipe to print.")] = None) -> None:
     """List the shipped accelerate configs and recipes, or print one."""
-    from edge_trl.recipes import shipped_accelerate_configs, shipped_recipes
+    from edge_trl.presets import shipped_accelerate_configs, shipped_recipes
 
     accelerate, recipes = shipped_accelerate_configs(), shipped_recipes()
     if name is not None:
@@ -179,7 +111,7 @@ def eval_command(
     seed: int = 0,
 ) -> None:
     """pass@1 and pass@k on AIME24 / AMC23 / MATH500 / Minerva / OlympiadBench, as a table and a JSON file."""
-    from edge_trl.data import DatasetError
+    from edge_trl.data import DatasetError, check_template
     from edge_trl.evaluation import evaluate, format_table, parse_benchmarks, write_result
     from edge_trl.models import resolve_model
 
@@ -192,8 +124,7 @@ def eval_command(
             _fail(f"--data {data}: no such folder.")
         if backend not in ("auto", "vllm", "transformers"):
             _fail(f"--backend {backend!r}: use auto, vllm or transformers.")
-        if template not in ("chat", "plain"):
-            _fail(f"--template {template!r}: use chat or plain.")
+        check_template(template)
         result = evaluate(
             model_id, names, adapter=str(adapter) if adapter else None, data=data, samples=samples,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
 from edge_trl.core_algos import COV_MODES
+from edge_trl.validation import (  # noqa: F401  (EDA_SCOPES, COV_LOSS_TYPES: re-exported where they always were)
+    COV_LOSS_TYPES,
+    EDA_SCOPES,
+    kl_cov_is_noop,
+    kl_cov_noop_message,
+    validate_edge_fields,
+)
 
 logger = logging.getLogger(__name__)
-
-EDA_SCOPES = ("group", "batch")
-# Loss types whose per-token loss is -min(r A, clip(r) A) reduced linearly: the ones Clip-Cov and KL-Cov modify.
-COV_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 @dataclass
@@ -187,11 +189,7 @@ class EdgeGRPOConfig(GRPOConfig):
         self._validate_edge()
         if self.cov_mode == "kl_cov" and self.kl_cov_is_noop:
             logger.warning(
-                "cov_mode='kl_cov' is a no-op with this configuration: training is fully on-policy "
-                f"(num_iterations={self.num_iterations}, steps_per_generation={self.steps_per_generation}, "
-                f"gradient_accumulation_steps={self.gradient_accumulation_steps}), so log pi - log pi_old = 0 and "
-                "the KL-Cov penalty and its gradient are 0. Set num_iterations=2 (or steps_per_generation > "
-                "gradient_accumulation_steps) to make it act, or use cov_mode='clip_cov'."
+                kl_cov_noop_message(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations)
             )
         if self.gec and self.force_reflection:
             logger.warning(
@@ -201,75 +199,8 @@ class EdgeGRPOConfig(GRPOConfig):
             )
 
     def _validate_edge(self) -> None:
-        """The checks of the edge-trl fields. Reads plain attributes only, so the CLI can run it on a namespace."""
-        self.cov_mode = str(self.cov_mode).strip().lower().replace("-", "_")
-        valid_modes = ("none", *COV_MODES)
-        if self.cov_mode not in valid_modes:
-            raise ValueError(f"cov_mode={self.cov_mode!r} is not supported: use one of {', '.join(valid_modes)}.")
-        if self.eda_scope not in EDA_SCOPES:
-            raise ValueError(f"eda_scope={self.eda_scope!r} is not supported: use 'group' or 'batch'.")
-        if not (self.eda_entropy_floor > 0 and math.isfinite(self.eda_entropy_floor)):
-            raise ValueError(f"eda_entropy_floor={self.eda_entropy_floor} must be a positive number, such as 1e-6.")
-        for name in ("eda_min_scale", "eda_max_scale"):
-            value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name}={value} must be a positive number or None (no clamp).")
-        if (
-            self.eda_min_scale is not None
-            and self.eda_max_scale is not None
-            and self.eda_min_scale > self.eda_max_scale
-        ):
-            raise ValueError(
-                f"eda_min_scale={self.eda_min_scale} is larger than eda_max_scale={self.eda_max_scale}: "
-                "set eda_min_scale <= eda_max_scale."
-            )
-        for name in ("clip_cov_ratio", "kl_cov_ratio"):
-            value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ValueError(
-                    f"{name}={value} must be a fraction of tokens in (0, 1], e.g. 2e-3 for 0.2% "
-                    "(not a percentage: 0.2 would select 20% of the tokens)."
-                )
-        if self.clip_cov_lb >= self.clip_cov_ub:
-            raise ValueError(
-                f"clip_cov_lb={self.clip_cov_lb} must be smaller than clip_cov_ub={self.clip_cov_ub}: no covariance "
-                "could fall between them."
-            )
-        if self.kl_cov_coef < 0:
-            raise ValueError(f"kl_cov_coef={self.kl_cov_coef} must be >= 0.")
-
-        if self.cov_mode != "none":
-            if self.loss_type not in COV_LOSS_TYPES:
-                raise ValueError(
-                    f"cov_mode={self.cov_mode!r} cannot modify the per-token loss of loss_type={self.loss_type!r}: "
-                    f"use loss_type in {COV_LOSS_TYPES} or set cov_mode='none'."
-                )
-            if getattr(self, "use_liger_loss", False):
-                raise ValueError(
-                    f"cov_mode={self.cov_mode!r} needs TRL's per-token loss, which the fused Liger GRPO loss skips: "
-                    "set use_liger_loss=False."
-                )
-        if self.eda and self.eda_scope == "batch" and getattr(self, "use_liger_loss", False):
-            raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
-
-        probs = {name: getattr(self, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
-        for name, value in probs.items():
-            if not 0 <= value <= 1:
-                raise ValueError(f"{name}={value} must be a probability in [0, 1].")
-        if abs(sum(probs.values()) - 1.0) > 1e-6:
-            raise ValueError(
-                f"gec_reflect_prob + gec_answer_prob + gec_solution_prob = {sum(probs.values()):g} must be 1 "
-                "(the paper: 0.5, 0.25, 0.25)."
-            )
-        if "{answer}" not in self.gec_answer_template:
-            raise ValueError(
-                f"gec_answer_template={self.gec_answer_template!r} has no '{{answer}}' placeholder: add one where the "
-                "reference answer goes, e.g. '... the correct answer is \\boxed{{answer}}.'"
-            )
-        if self.gec_max_new_tokens < 1:
-            raise ValueError(f"gec_max_new_tokens={self.gec_max_new_tokens} must be >= 1.")
-        if (self.gec or self.force_reflection) and self.use_vllm and self.vllm_mode not in ("server", "colocate"):
-            raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={self.vllm_mode!r}.")
+        """The checks of the edge-trl fields (in `edge_trl.validation`, which the CLI runs without importing trl)."""
+        validate_edge_fields(self, cov_modes=tuple(COV_MODES))
 
     @property
     def gec_correction_active(self) -> bool:
@@ -289,4 +220,4 @@ class EdgeGRPOConfig(GRPOConfig):
         (gradient_accumulation_steps is a multiple of steps_per_generation * num_iterations). With vLLM, TRL
         recomputes log pi_old with the training model itself, so the difference is 0 there too.
         """
-        return self.gradient_accumulation_steps % (self.steps_per_generation * self.num_iterations) == 0
+        return kl_cov_is_noop(self.gradient_accumulation_steps, self.steps_per_generation, self.num_iterations)

@@ -44,6 +44,15 @@ PROMPT_COLUMNS = ("prompt", "problem", "question", "query", "input")
 ANSWER_COLUMNS = ("answer", "final_answer", "gold", "target", "expected_answer")
 SOLUTION_COLUMNS = ("solution", "reasoning", "rationale")
 PLAIN_TEMPLATE = "{system}\n\nQuestion: {problem}\nAnswer:"
+# Prompt templates: "chat" (system + user messages, for chat models) or "plain" (one string, for base models).
+TEMPLATES = ("chat", "plain")
+
+
+def check_template(template: str) -> str:
+    """``template`` if it is one of `TEMPLATES`; the one check the CLI, training and evaluation share."""
+    if template not in TEMPLATES:
+        raise DatasetError(f"template={template!r} is not supported: use 'chat' or 'plain' (base models).")
+    return template
 
 
 class DatasetError(ValueError):
@@ -116,8 +125,7 @@ def prepare_math_dataset(
     normalised to strings (``142.0`` → ``"142"``, ``['9.6']`` → ``"9.6"``). Empty datasets, missing columns and
     empty problems are errors that name the row and column.
     """
-    if template not in ("chat", "plain"):
-        raise DatasetError(f"template={template!r} is not supported: use 'chat' or 'plain'.")
+    check_template(template)
     if len(dataset) == 0:
         raise DatasetError("The dataset is empty: it has no rows to train or evaluate on.")
     columns = list(dataset.column_names)

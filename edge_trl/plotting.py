@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from edge_trl.checkpoints import checkpoint_dirs
+
 # (title, candidate keys in order of preference): the first key a run logged is drawn.
 PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("reward", ("reward",)),
@@ -30,12 +32,7 @@ def load_history(run_dir: str | Path) -> list[dict[str, Any]]:
     if not run_dir.is_dir():
         raise NotARunError(f"{run_dir}: no such folder.")
     candidates = [run_dir / "trainer_state.json"]
-    checkpoints = sorted(
-        (p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    candidates += [p / "trainer_state.json" for p in checkpoints]
+    candidates += [p / "trainer_state.json" for p in reversed(checkpoint_dirs(run_dir))]
     for path in candidates:
         if path.is_file():
             history = json.loads(path.read_text()).get("log_history", [])

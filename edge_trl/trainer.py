@@ -733,7 +733,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
             return
-        from edge_trl.recipes import describe_method
+        from edge_trl.presets import describe_method
 
         info = self.edge_run_info
         args = self.args

@@ -1,7 +1,7 @@
 """The training script `accelerate launch` starts on every process of an `edge-trl train` run.
 
-Usage (written by `edge-trl train`, see its --dry-run): ``accelerate launch ... worker.py --spec RUN.yaml``. The spec
-holds the resolved run; nothing here reads the command line of `edge-trl` itself.
+Usage (written by `edge-trl train`, see its --dry-run): ``accelerate launch ... worker.py --run RUN.yaml``. The file
+holds the resolved `RunSpec`; nothing here reads the command line of `edge-trl` itself.
 """
 
 from __future__ import annotations
@@ -11,62 +11,63 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from edge_trl.run_spec import RunSpec
 
 
-def build_trainer(spec: dict[str, Any]) -> Any:
+def build_trainer(run: RunSpec) -> Any:
     from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
     from edge_trl.data import load_any_dataset, prepare_math_dataset
     from edge_trl.rewards import get_reward_funcs
 
-    args = EdgeGRPOConfig(**spec["trainer"])
-    data = spec["dataset"]
+    args = EdgeGRPOConfig(**run.trainer)
     callbacks = []
-    if data["source"] == embedded.EMBEDDED_DATASET:  # the built-in task: generated, plain prompts
+    if run.uses_embedded_task:  # the built-in task: generated, plain prompts
         dataset = embedded.addition_dataset(50_000, seed=args.seed)
         from transformers import AutoTokenizer
 
-        callbacks.append(embedded.held_out_callback(AutoTokenizer.from_pretrained(spec["model"])))
+        callbacks.append(embedded.held_out_callback(AutoTokenizer.from_pretrained(run.model)))
     else:
-        columns = {key: data.get(key) for key in ("prompt_column", "answer_column", "solution_column")}
         dataset = prepare_math_dataset(
-            load_any_dataset(data["source"], split=data["split"]), template=data["template"], **columns
+            load_any_dataset(run.dataset, split=run.dataset_split),
+            template=run.template,
+            prompt_column=run.prompt_column,
+            answer_column=run.answer_column,
+            solution_column=run.solution_column,
         )
     peft_config = None
-    if spec.get("lora") is not None:
+    if run.lora:
         from peft import LoraConfig
 
-        lora = spec["lora"]
         peft_config = LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=lora["target_modules"],
+            r=run.lora_r,
+            lora_alpha=run.lora_alpha,
+            lora_dropout=run.lora_dropout,
+            target_modules=run.lora_target_modules,
             task_type="CAUSAL_LM",
         )
     trainer = EdgeGRPOTrainer(
-        spec["model"],
-        reward_funcs=get_reward_funcs(spec["reward"]),
+        run.model,
+        reward_funcs=get_reward_funcs(run.reward),
         args=args,
         train_dataset=dataset,
         peft_config=peft_config,
         callbacks=callbacks,
     )
-    trainer.edge_run_info = {"method": spec["method"], "dataset": data["source"], "model": spec["model"]}
+    trainer.edge_run_info = {"method": run.method, "dataset": run.dataset, "model": run.model}
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--spec", type=Path, required=True, help="the run file written by `edge-trl train`")
+    parser.add_argument("--run", type=Path, required=True, help="the run file written by `edge-trl train`")
     options = parser.parse_args(argv)
-    spec = yaml.safe_load(options.spec.read_text())
+    run = RunSpec.load(options.run)
     try:
-        trainer = build_trainer(spec)
+        trainer = build_trainer(run)
     except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
-    trainer.train(resume_from_checkpoint=spec.get("resume_from_checkpoint"))
+    trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)
     # Save the final model (or LoRA adapter) locally first: Trainer.save_model would also push, and a failed push
     # must not cost the result.
     push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = trainer.args.output_dir
     if push:
         try:
-            trainer.push_to_hub(dataset_name=spec["dataset"]["source"])
+            trainer.push_to_hub(dataset_name=run.dataset)
         except Exception as error:  # the Hub is remote: never lose the local result over it
             if trainer.is_world_process_zero():
                 print(

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from edge_trl import launch
 from edge_trl.cli.main import app
-from edge_trl.recipes import METHODS, shipped_accelerate_configs, shipped_recipes
+from edge_trl.presets import METHODS, shipped_accelerate_configs, shipped_recipes
+from edge_trl.run_spec import run_keys
 from edge_trl.testing import tiny_addition_dataset
 
 runner = CliRunner()
@@ -32,10 +33,7 @@ def data_file(tmp_path_factory) -> Path:
 @pytest.fixture
 def as_gpu_machine(monkeypatch):
     """Pretend the machine has 4 CUDA devices: the GPU configs cannot run here, but their dry runs can."""
-    import torch
-
-    monkeypatch.setattr(launch, "gpu_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(launch, "gpu_count", lambda precise=False: 4)
 
 
 def dry_run(*args: str) -> tuple[str, dict]:
@@ -62,7 +60,7 @@ def test_dry_run_for_each_gpu_config(as_gpu_machine, tiny_model_path, data_file,
     assert f"--config_file {shipped_accelerate_configs()[config]}" in command
     expected_processes = 1 if config == "single_gpu" else 4
     assert f"--num_processes {expected_processes}" in command and spec["num_processes"] == expected_processes
-    assert command.endswith(f"worker.py --spec {spec['trainer']['output_dir']}/edge_trl_run.yaml")
+    assert command.endswith(f"worker.py --run {spec['trainer']['output_dir']}/edge_trl_run.yaml")
     assert "use_cpu" not in spec["trainer"] and "bf16" not in spec["trainer"]  # TRL's GPU defaults stay
 
 
@@ -104,7 +102,14 @@ def test_default_method_is_edge_and_flags_override_presets(tiny_model_path, data
 def test_model_alias_and_lora_options(tiny_model_path, data_file):
     _, spec = dry_run("--model", "qwen2.5-math-1.5b", "--dataset", str(data_file), "--lora", "--lora-r", "8")
     assert spec["model"] == "Qwen/Qwen2.5-Math-1.5B"
-    assert spec["lora"] == {"r": 8, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
+    lora = {key: spec[key] for key in ("lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    assert lora == {
+        "lora": True,
+        "lora_r": 8,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "lora_target_modules": "all-linear",
+    }
 
 
 def test_yaml_recipe_with_flag_override(tmp_path, tiny_model_path, data_file):
@@ -124,7 +129,7 @@ def test_yaml_recipe_with_flag_override(tmp_path, tiny_model_path, data_file):
     trainer = spec["trainer"]
     assert trainer["learning_rate"] == 3e-6  # the flag wins over the recipe
     assert trainer["num_generations"] == 4 and trainer["clip_cov_ratio"] == 0.001 and trainer["cov_mode"] == "clip_cov"
-    assert spec["lora"]["r"] == 4 and spec["lora"]["alpha"] == 16
+    assert spec["lora"] and spec["lora_r"] == 4 and spec["lora_alpha"] == 16
     recipe.write_text(recipe.read_text() + "learning_rat: 1.0\n")
     assert "unknown setting 'learning_rat'. Did you mean 'learning_rate'" in fail("--config", str(recipe))
 
@@ -149,8 +154,8 @@ def test_shipped_configs_are_valid_for_accelerate():
         config = load_config_from_file(str(path))
         assert config.num_machines >= 1, name
     for name, path in shipped_recipes().items():
-        run, trainer = launch.load_recipe(path)
-        assert run["method"] in METHODS and trainer, name
+        settings = launch.load_recipe(path)
+        assert settings["method"] in METHODS and set(settings) - run_keys(), name  # run keys and trainer fields
 
 
 # -- bad input ---------------------------------------------------------------------------------------------------------
@@ -159,7 +164,8 @@ def test_shipped_configs_are_valid_for_accelerate():
 def test_bad_input_is_a_clear_error(tmp_path, tiny_model_path, data_file, monkeypatch):
     model, data = ["--model", str(tiny_model_path)], ["--dataset", str(data_file)]
     assert "Did you mean 'qwen2.5-math-7b'" in fail("--model", "qwen2.5-math-7", *data)
-    assert "--method 'edg' is unknown. Did you mean 'edge'" in fail(*model, *data, "--method", "edg")
+    assert "method='edg' is not one of: grpo, eda, gec, edge" in fail(*model, *data, "--method", "edg")
+    assert "Did you mean 'edge'?" in fail(*model, *data, "--method", "edg")
     assert "no such file or folder" in fail(*model, "--dataset", str(tmp_path / "missing.jsonl"))
     assert "no answer column 'final'" in fail(*model, *data, "--answer-column", "final")
     assert "needs a GPU" in fail(*model, *data, "--accelerate-config", "multi_gpu")
@@ -322,7 +328,7 @@ def test_push_to_hub_uploads_model_and_card(tmp_path, tiny_model_path, data_file
 def test_embedded_default_dry_run():
     command, spec = dry_run()
     assert "--cpu --num_processes 1" in command
-    assert spec["dataset"]["source"] == "embedded:addition" and spec["method"] == "grpo"
+    assert spec["dataset"] == "embedded:addition" and spec["method"] == "grpo"
     assert Path(spec["model"], "model.safetensors").is_file()  # shipped with the package
     assert spec["trainer"]["max_steps"] == 600 and spec["reward"] == "accuracy"
     _, spec = dry_run("--method", "edge", "--max-steps", "10")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 
 import pytest
 from trl import GRPOConfig
@@ -10,6 +11,8 @@ from trl import GRPOConfig
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 
 from _helpers import tiny_config
+
+EDGE_FIELDS = {f.name for f in fields(EdgeGRPOConfig)} - {f.name for f in fields(GRPOConfig)}
 
 
 def test_defaults_are_all_off(tmp_path):
@@ -21,8 +24,6 @@ def test_defaults_are_all_off(tmp_path):
 
 
 def test_every_new_field_has_help():
-    from dataclasses import fields
-
     new = {f.name for f in fields(EdgeGRPOConfig)} - {f.name for f in fields(GRPOConfig)}
     assert new >= {"eda", "eda_scope", "cov_mode", "clip_cov_ratio", "kl_cov_ratio", "kl_cov_coef"}
     for f in fields(EdgeGRPOConfig):
@@ -90,3 +91,28 @@ def test_kl_cov_no_op_warning(tmp_path, caplog):
 def test_trainer_refuses_plain_grpo_config(tmp_path, tiny_model_path):
     with pytest.raises(TypeError, match="EdgeGRPOConfig"):
         EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=[], args=tiny_config(tmp_path, GRPOConfig))
+
+
+def test_kl_cov_no_op_warning_is_the_text_the_cli_prints(tmp_path, caplog):
+    from edge_trl.validation import kl_cov_noop_message
+
+    with caplog.at_level(logging.WARNING, logger="edge_trl.config"):
+        config = tiny_config(tmp_path, cov_mode="KL-Cov")
+    steps = (config.gradient_accumulation_steps, config.steps_per_generation, config.num_iterations)
+    assert kl_cov_noop_message(*steps) in caplog.text
+
+
+def test_the_checks_run_without_trl_on_plain_settings():
+    """`edge-trl train` validates the resolved settings with the same rules, without importing trl."""
+    from types import SimpleNamespace
+
+    from edge_trl.validation import validate_edge_fields
+
+    defaults = {f.name: f.default for f in fields(EdgeGRPOConfig) if f.name in EDGE_FIELDS}
+    settings = SimpleNamespace(**{**defaults, "loss_type": "dapo", "use_vllm": False, "vllm_mode": "server"})
+    settings.cov_mode = "Clip-Cov"
+    validate_edge_fields(settings, cov_modes=("clip_cov", "kl_cov"))
+    assert settings.cov_mode == "clip_cov"
+    settings.clip_cov_ratio = 0.0
+    with pytest.raises(ValueError, match=r"clip_cov_ratio=0\.0 must be a fraction"):
+        validate_edge_fields(settings, cov_modes=("clip_cov", "kl_cov"))

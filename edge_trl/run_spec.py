@@ -1,0 +1,118 @@
+"""`RunSpec`: one `edge-trl train` run, the one object the launcher hands to the worker.
+
+Its fields other than ``trainer`` are the *run keys*: what to train and how to launch it. Each is a flag of
+`edge-trl train` (help from the metadata) and a key a recipe YAML may hold. ``trainer`` holds the `EdgeGRPOConfig`
+settings. The launcher fills every field (`edge_trl.launch.resolve`), writes the spec to
+``<output_dir>/edge_trl_run.yaml``, and `edge_trl.worker` reads it back into this class. Adding a run setting means
+adding a field here (and reading it where it acts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from edge_trl.data import TEMPLATES
+from edge_trl.presets import METHODS
+
+RUN_FILE = "edge_trl_run.yaml"
+# Fields of RunSpec that are not flags nor recipe keys.
+NOT_A_FLAG = {"trainer"}
+
+
+@dataclass
+class RunSpec:
+    """What `edge-trl train` runs. ``None`` = not given (the launcher fills a default)."""
+
+    model: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub id, local path or alias (e.g. qwen2.5-math-1.5b). Neither --model nor --dataset: "
+            "the built-in tiny model and task."
+        },
+    )
+    method: str | None = field(
+        default=None,
+        metadata={
+            "help": "A named set of EdgeGRPOConfig values (edge_trl/presets.py); default edge.",
+            "choices": list(METHODS),
+        },
+    )
+    dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Hub dataset id, local JSON/JSONL/Parquet file or save_to_disk folder "
+            "(default agentica-org/DeepScaleR-Preview-Dataset)."
+        },
+    )
+    dataset_split: str | None = field(default=None, metadata={"help": "Split to train on (default train)."})
+    prompt_column: str | None = field(default=None, metadata={"help": "Column with the problem (default: by name)."})
+    answer_column: str | None = field(default=None, metadata={"help": "Column with the reference answer."})
+    solution_column: str | None = field(default=None, metadata={"help": "Column with the reference solution (GEC)."})
+    template: str | None = field(
+        default=None,
+        metadata={"help": "Prompt template: chat (default) or plain for base models.", "choices": list(TEMPLATES)},
+    )
+    reward: str | None = field(
+        default=None, metadata={"help": "Comma-separated: format, accuracy, format_accuracy (default format,accuracy)."}
+    )
+    lora: bool | None = field(default=None, metadata={"help": "Train a LoRA adapter instead of the full model."})
+    lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (default 16; needs --lora)."})
+    lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 32; needs --lora)."})
+    lora_dropout: float | None = field(default=None, metadata={"help": "LoRA dropout (default 0.05; needs --lora)."})
+    lora_target_modules: str | None = field(
+        default=None, metadata={"help": "LoRA target modules (default all-linear; needs --lora)."}
+    )
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "A checkpoint folder, or 'last' for the newest in --output-dir."}
+    )
+    accelerate_config: str | None = field(
+        default=None,
+        metadata={
+            "help": "single_gpu, multi_gpu, zero1, zero2, zero3, zero3_offload, fsdp, cpu (edge-trl configs), "
+            "or a path. Default: single_gpu with a GPU, else cpu."
+        },
+    )
+    num_processes: int | None = field(
+        default=None, metadata={"help": "Processes in all (default: one per GPU; 2 on CPU)."}
+    )
+    num_machines: int = field(default=1, metadata={"help": "Machines of a multi-node run."})
+    machine_rank: int = field(default=0, metadata={"help": "Rank of this machine in a multi-node run."})
+    main_process_ip: str | None = field(default=None, metadata={"help": "Address of machine 0 (multi-node)."})
+    main_process_port: int | None = field(default=None, metadata={"help": "Port of machine 0 (multi-node)."})
+    trainer: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "The EdgeGRPOConfig settings (filled by the launcher)."}
+    )
+
+    @property
+    def uses_embedded_task(self) -> bool:
+        from edge_trl.embedded import EMBEDDED_DATASET
+
+        return self.dataset == EMBEDDED_DATASET
+
+    def lora_settings(self) -> dict[str, Any] | None:
+        """The LoRA settings of a resolved run, or None without LoRA."""
+        if not self.lora:
+            return None
+        return {"r": self.lora_r, "alpha": self.lora_alpha, "dropout": self.lora_dropout,
+                "target_modules": self.lora_target_modules}  # fmt: skip
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+
+    @classmethod
+    def load(cls, path: Path) -> RunSpec:
+        return cls(**(yaml.safe_load(Path(path).read_text()) or {}))
+
+
+def run_keys() -> set[str]:
+    """The RunSpec keys a recipe YAML, ``--set`` or a flag may give."""
+    return {f.name for f in dataclasses.fields(RunSpec)} - NOT_A_FLAG
