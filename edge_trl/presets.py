@@ -70,7 +70,7 @@ def describe_method(args: Any) -> str:
         parts.append("EDA")
     elif args.gec:
         parts.append("GEC")
-    if args.force_reflection:
+    if args.force_reflection and not args.gec:  # with gec=True as well, GEC's three branches win
         parts.append("forced reflection")
     if args.cov_mode == "clip_cov":
         parts.append("Clip-Cov")

@@ -36,7 +36,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.recipes import METHODS
+from edge_trl.presets import METHODS
 from edge_trl.testing import boxed_answer_reward, digit_share_reward, tiny_addition_dataset
 
 MAX_STEPS, SAVE_STEPS, KILL_AT = 4, 2, 2
