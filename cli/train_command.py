@@ -180,6 +180,8 @@ def run_train(**values: Any) -> None:
         raise click.exceptions.Exit(2) from None
     for warning in prepared.warnings:
         click.secho(f"warning: {warning}", err=True, fg="yellow")
+    for note in prepared.notes:
+        click.echo(f"note: {note}", err=True)
     if request.dry_run:
         click.echo(prepared.command_line())
         click.echo(prepared.run.to_yaml())

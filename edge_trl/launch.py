@@ -32,10 +32,16 @@ from edge_trl.presets import (
     DEFAULT_DATASET,
     DEFAULT_METHOD,
     DEFAULT_REWARDS,
+    GPU_DEFAULTS,
+    GPU_MICRO_BATCH,
+    GPU_MICRO_BATCH_WITH_VLLM,
     GPU_ONLY_CONFIGS,
+    LORA_LEARNING_RATE_FACTOR,
     METHODS,
     TRAINING_DEFAULTS,
     shipped_accelerate_configs,
+    shipped_recipes,
+    vllm_defaults,
 )
 from edge_trl.run_spec import RUN_FILE, RunSpec, run_keys
 from edge_trl.validation import kl_cov_is_noop, kl_cov_noop_message, validate_edge_fields
@@ -77,6 +83,7 @@ class PreparedRun:
     warnings: list[str]
     env: dict[str, str]
     worker: Path = WORKER
+    notes: list[str] = field(default_factory=list)  # defaults the resolution chose, printed by a dry run
 
     def command(self) -> list[str]:
         return ["accelerate", "launch", *self.launch_args, str(self.worker), "--run", str(self.run_file)]
@@ -153,9 +160,35 @@ def load_recipe(path: Path) -> dict[str, Any]:
 def user_settings(request: TrainRequest, fields: dict[str, ConfigField]) -> dict[str, Any]:
     """The user's settings, recipe < ``--set`` < flags, each checked against the fields."""
     settings = load_recipe(request.config) if request.config else {}
-    settings.update(check_settings(parse_overrides(request.overrides), fields, "--set"))
+    settings.update(explicit_settings(request, fields))
+    return settings
+
+
+def explicit_settings(request: TrainRequest, fields: dict[str, ConfigField]) -> dict[str, Any]:
+    """The settings of ``--set`` and the flags, checked: what the user typed for this run."""
+    settings = check_settings(parse_overrides(request.overrides), fields, "--set")
     settings.update(check_settings(request.flags, fields, "command line"))
     return settings
+
+
+def _is_shipped_recipe(path: Path) -> bool:
+    return Path(path).expanduser().resolve() in {shipped.resolve() for shipped in shipped_recipes().values()}
+
+
+def alias_recipe(model: Any, method: str | None) -> Path | None:
+    """The shipped recipe of a model alias, for the method asked (default edge): the recipe whose ``model`` is
+    ``model`` and whose ``method`` is the method. A Hub id or a path has none (the way to opt out of a recipe)."""
+    from edge_trl.models import MODEL_ALIASES
+
+    alias = str(model or "").strip().lower()
+    if alias not in MODEL_ALIASES:
+        return None
+    wanted = _resolve_method(method)
+    for path in shipped_recipes().values():
+        recipe = yaml.safe_load(path.read_text()) or {}
+        if str(recipe.get("model", "")).lower() == alias and _resolve_method(recipe.get("method")) == wanted:
+            return path
+    return None
 
 
 def gpu_count(precise: bool = False) -> int:
@@ -354,21 +387,81 @@ def _resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSet
     env = {}
     if on_cpu:
         env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+        # DeepSpeed, once imported, warns "Setting accelerator to CPU ... unable to detect it" unless told
+        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
     return AccelerateSetup(name, args, processes, env, target_has_gpu, warnings)
 
 
 def _trainer_settings(
     run: RunSpec, user: dict[str, Any], embedded_training: dict[str, Any], target_has_gpu: bool
 ) -> dict[str, Any]:
-    """EdgeGRPOConfig settings: CLI defaults < (CPU defaults) < method preset < the user's settings."""
-    settings = {**TRAINING_DEFAULTS, **embedded_training, **({} if target_has_gpu else CPU_DEFAULTS)}
+    """EdgeGRPOConfig settings: CLI defaults < CPU or GPU defaults < method preset < the user's settings."""
+    machine = GPU_DEFAULTS | vllm_defaults(target_has_gpu) if target_has_gpu else CPU_DEFAULTS
+    settings = {**TRAINING_DEFAULTS, **embedded_training, **machine}
     settings.update(METHODS[run.method])
     settings.update(user)
+    _use_activation_checkpointing_name(settings, user)
     output_dir = settings.get("output_dir") or Path("outputs") / f"{Path(run.model).name}-{run.method}"
     settings["output_dir"] = str(Path(output_dir).expanduser().resolve())
     if not target_has_gpu and settings.get("bf16"):
         raise LaunchError("bf16=True needs a GPU; this machine has none: drop bf16 (training runs in fp32 on CPU).")
     return settings
+
+
+def _use_activation_checkpointing_name(settings: dict[str, Any], user: dict[str, Any]) -> None:
+    """Write checkpointing as ``activation_checkpointing``, where transformers (5.x) has it.
+
+    transformers deprecates ``gradient_checkpointing`` with a FutureWarning whenever the new name is unset, and TRL
+    sets the old one; a user's ``gradient_checkpointing`` still wins over our default.
+    """
+    if "activation_checkpointing" not in trainer_fields():
+        return
+    value = settings.pop("gradient_checkpointing", None)
+    if "gradient_checkpointing" in user and "activation_checkpointing" not in user:
+        settings["activation_checkpointing"] = user["gradient_checkpointing"]
+    elif value is not None and "activation_checkpointing" not in user:
+        settings["activation_checkpointing"] = value
+
+
+def apply_lora_learning_rate(settings: dict[str, Any], explicit: set[str]) -> str | None:
+    """With ``--lora``, the default learning rate times LORA_LEARNING_RATE_FACTOR; returns the note to show.
+
+    Explicit means given for this run: a flag, ``--set`` or the user's own ``--config`` recipe. The CLI default, the
+    method preset and a shipped recipe (brought by a model alias or named by ``--config``) hold full-fine-tuning
+    values, so they are scaled.
+    """
+    if "learning_rate" in explicit:
+        return None
+    full = float(settings["learning_rate"])
+    settings["learning_rate"] = float(f"{full * LORA_LEARNING_RATE_FACTOR:.6g}")  # 1e-05, not 9.999999999999999e-06
+    return (
+        f"--lora: learning_rate {settings['learning_rate']:g} = {LORA_LEARNING_RATE_FACTOR:g} x the full fine-tuning "
+        f"{full:g} (LoRA Without Regret, Schulman et al. 2025); --learning-rate sets it."
+    )
+
+
+def fit_gpu_micro_batch(settings: dict[str, Any], explicit: set[str]) -> str | None:
+    """On a GPU, split a micro-batch larger than fits 24 GB (benchmarks/README.md, memory table) into gradient
+    accumulation steps: the completions per optimizer step and per rollout stay the same. Returns the note to show.
+
+    An explicit ``per_device_train_batch_size`` (flag, ``--set``, the user's own recipe) is kept as given.
+    """
+    limit = GPU_MICRO_BATCH_WITH_VLLM if settings.get("use_vllm") else GPU_MICRO_BATCH
+    micro_batch = int(settings.get("per_device_train_batch_size", 8))
+    if "per_device_train_batch_size" in explicit or micro_batch <= limit:
+        return None
+    split = next((n for n in range(limit, 0, -1) if micro_batch % n == 0), 1)
+    factor = micro_batch // split
+    accumulation = int(settings.get("gradient_accumulation_steps", 1))
+    settings["per_device_train_batch_size"] = split
+    settings["gradient_accumulation_steps"] = accumulation * factor
+    if settings.get("steps_per_generation") is not None:  # counted in micro-batches: the rollout keeps its size
+        settings["steps_per_generation"] = int(settings["steps_per_generation"]) * factor
+    return (
+        f"GPU: micro-batch {micro_batch} -> per_device_train_batch_size {split} x gradient_accumulation_steps "
+        f"{accumulation * factor} (same batch; fits 24 GB, see the memory table); --per-device-train-batch-size "
+        "keeps yours."
+    )
 
 
 def validate_trainer_settings(
@@ -439,7 +532,16 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     """
     gpus = gpu_count(precise=not request.dry_run) if gpus is None else gpus
     fields = known_fields()
+    notes: list[str] = []
+    explicit = set(explicit_settings(request, fields))
+    if request.config and not _is_shipped_recipe(request.config):  # a shipped recipe holds full-FT defaults
+        explicit |= set(load_recipe(request.config))
     settings = user_settings(request, fields)
+    recipe = None if request.config else alias_recipe(settings.get("model"), settings.get("method"))
+    if recipe is not None:  # below --set and the flags, like --config
+        settings = {**load_recipe(recipe), **settings}
+        notes.append(f"recipe {recipe.name} applied for --model {settings['model']} (flags and --set override it; "
+                     "a Hub id instead of the alias skips it).")  # fmt: skip
     keys = run_keys()
     run = RunSpec(**{key: value for key, value in settings.items() if key in keys})
     user_trainer = {key: value for key, value in settings.items() if key not in keys}
@@ -448,7 +550,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     run = dataclasses.replace(
         run, method=_resolve_method(run.method), model=_resolve_model(run.model), reward=run.reward or DEFAULT_REWARDS,
         dataset=run.dataset or DEFAULT_DATASET, dataset_split=run.dataset_split or "train",
-        template=run.template or "chat",
+        template=run.template or "chat", recipe=str(recipe) if recipe else None,
     )  # fmt: skip
     _check_reward(run.reward)
     if not run.uses_embedded_task:
@@ -458,6 +560,10 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     run = dataclasses.replace(run, accelerate_config=accelerate.config_name, num_processes=accelerate.processes)
 
     trainer = _trainer_settings(run, user_trainer, embedded_training, accelerate.target_has_gpu)
+    if run.lora:
+        notes.append(apply_lora_learning_rate(trainer, explicit))
+    if accelerate.target_has_gpu:
+        notes.append(fit_gpu_micro_batch(trainer, explicit))
     warnings = [*accelerate.warnings, *validate_trainer_settings(trainer, accelerate.processes, fields)]
     _check_hub_token(trainer)
     if run.lora and accelerate.config_name in ("zero3", "zero3_offload"):
@@ -469,7 +575,8 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     run = dataclasses.replace(
         run, trainer=trainer, resume_from_checkpoint=_resolve_resume(run.resume_from_checkpoint, output_dir)
     )
-    return PreparedRun(run, accelerate.args, output_dir / RUN_FILE, warnings, accelerate.env)
+    notes = [note for note in notes if note]
+    return PreparedRun(run, accelerate.args, output_dir / RUN_FILE, warnings, accelerate.env, notes=notes)
 
 
 def launch(prepared: PreparedRun) -> int:

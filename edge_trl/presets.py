@@ -2,20 +2,72 @@
 
 from __future__ import annotations
 
+import importlib.util
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them.
+# Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them. They
+# carry the authors' settings, scaled to one GPU: docs/authors_recipes.md maps each setting of the authors' scripts
+# (EDGE-GRPO's train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values.
+EDGE_GRPO_SETTINGS: dict[str, Any] = {
+    # train_grpo.sh: 8 GPUs x per_device_train_batch_size 1 x GA 1 = one prompt's 8 responses per optimizer step,
+    # on-policy, beta 0, max_completion_length 1024; the rest from the defaults of their TRL fork's grpo_config.py
+    # (num_generations 8, learning_rate 1e-6, temperature 0.6, epsilon 0.2, loss_type bnpo). bnpo over a micro-batch
+    # of one sequence, averaged over 8 ranks, is TRL's "grpo" (per-sequence token mean, then mean over sequences),
+    # which stays the same whatever the micro-batch split on one GPU.
+    "num_generations": 8,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "max_completion_length": 1024,
+    "learning_rate": 1e-6,
+    "temperature": 0.6,
+    "beta": 0.0,
+    "epsilon": 0.2,
+    "loss_type": "grpo",
+    "num_train_epochs": 1,
+}
+# Entropy-Mechanism's DAPO recipes: 256 prompts per rollout, optimizer mini-batches of 32 prompts (8 optimizer steps
+# per rollout, off-policy after the first), 8 responses per prompt, temperature 1.0, verl's token-mean loss (a masked
+# mean over each micro-batch divided by the accumulation steps: TRL's "bnpo"). One GPU, same 8:1 ratio: an optimizer
+# step of one prompt's 8 responses, a rollout of 8 prompts (steps_per_generation 8 = 8 optimizer steps when
+# gradient_accumulation_steps is 1).
+COV_ROLLOUT_SETTINGS: dict[str, Any] = {
+    "num_generations": 8,
+    "per_device_train_batch_size": 8,
+    "gradient_accumulation_steps": 1,
+    "steps_per_generation": 8,
+    "num_iterations": 1,
+    "temperature": 1.0,
+    "loss_type": "bnpo",
+}
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {},
     "eda": {"eda": True},
     "gec": {"gec": True},
-    "edge": {"eda": True, "gec": True},
+    # The official script also sets force_reflection; GEC wins over it (the official precedence), so it is left out.
+    "edge": {"eda": True, "gec": True, **EDGE_GRPO_SETTINGS},
     "force-reflection": {"force_reflection": True},
-    "clip-cov": {"cov_mode": "clip_cov"},
-    # KL-Cov only acts when the policy moves between rollout and loss: two passes over each rollout.
-    "kl-cov": {"cov_mode": "kl_cov", "num_iterations": 2},
+    # 7b_clip_cov.sh: clip_ratio_low = clip_ratio_high = 1 (PPO's clip range [1 - 1, 1 + 1] = TRL's epsilon and
+    # epsilon_high), clip_cov_ratio 2e-4, clip_cov_lb 1, clip_cov_ub 5.
+    "clip-cov": {
+        "cov_mode": "clip_cov",
+        "epsilon": 1.0,
+        "epsilon_high": 1.0,
+        "clip_cov_ratio": 2e-4,
+        "clip_cov_lb": 1.0,
+        "clip_cov_ub": 5.0,
+        **COV_ROLLOUT_SETTINGS,
+    },
+    # 7b_kl_cov.sh: clip ratio 0.2, kl_cov k 0.2%, ppo_kl_coef 1. The off-policy mini-batches make KL-Cov act.
+    "kl-cov": {
+        "cov_mode": "kl_cov",
+        "epsilon": 0.2,
+        "epsilon_high": 0.2,
+        "kl_cov_ratio": 2e-3,
+        "kl_cov_coef": 1.0,
+        **COV_ROLLOUT_SETTINGS,
+    },
 }
 DEFAULT_METHOD = "edge"
 
@@ -31,8 +83,35 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "save_total_limit": 3,
     "report_to": "none",
 }
-# On a machine without GPU: fp32 on CPU, no gradient checkpointing (TRL defaults to bf16 and checkpointing).
-CPU_DEFAULTS: dict[str, Any] = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
+# On a machine without GPU: fp32 on CPU, no gradient checkpointing (TRL defaults to bf16 and checkpointing), and the
+# model loaded in fp32 even from a bf16 checkpoint (bf16 matmuls measured about 4x slower than fp32 on an AVX2 CPU).
+CPU_DEFAULTS: dict[str, Any] = {
+    "use_cpu": True,
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "model_init_kwargs": {"dtype": "float32"},
+}
+# On a GPU: bf16 and gradient checkpointing, written out so that the dry run shows them (benchmarks/README.md, memory).
+GPU_DEFAULTS: dict[str, Any] = {"bf16": True, "gradient_checkpointing": True}
+# The largest micro-batch (sequences per device per forward) that fits a 24 GB GPU for Qwen2.5-Math-1.5B with LoRA,
+# checkpointing and 3000 + 256 tokens (benchmarks/README.md, memory table): 4 with HF generation (15.5 GiB), 2 with
+# vLLM colocate at 0.3 (17.4 GiB). A larger resolved micro-batch is split into gradient accumulation steps.
+GPU_MICRO_BATCH = 4
+GPU_MICRO_BATCH_WITH_VLLM = 2
+# `--lora` multiplies the default learning rate by this: Thinking Machines' "LoRA Without Regret" (Schulman et al.,
+# 2025) and TRL's guide of the same name report the optimal LoRA learning rate at about 10x full fine-tuning's.
+LORA_LEARNING_RATE_FACTOR = 10.0
+
+
+def vllm_defaults(target_has_gpu: bool) -> dict[str, Any]:
+    """Generation through vLLM colocated with training, when the run is for a GPU and vLLM is installed here.
+
+    The hook where the vLLM support plugs its checks in; any explicit ``use_vllm``/``vllm_mode`` wins over it.
+    """
+    if target_has_gpu and importlib.util.find_spec("vllm") is not None:
+        return {"use_vllm": True, "vllm_mode": "colocate"}
+    return {}
+
 
 DEFAULT_DATASET = "agentica-org/DeepScaleR-Preview-Dataset"
 DEFAULT_REWARDS = "format,accuracy"  # EDGE-GRPO's format 1 + accuracy 1

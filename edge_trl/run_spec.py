@@ -21,7 +21,7 @@ from edge_trl.presets import METHODS
 
 RUN_FILE = "edge_trl_run.yaml"
 # Fields of RunSpec that are not flags nor recipe keys.
-NOT_A_FLAG = {"trainer"}
+NOT_A_FLAG = {"trainer", "recipe"}
 
 
 @dataclass
@@ -84,6 +84,9 @@ class RunSpec:
     machine_rank: int = field(default=0, metadata={"help": "Rank of this machine in a multi-node run."})
     main_process_ip: str | None = field(default=None, metadata={"help": "Address of machine 0 (multi-node)."})
     main_process_port: int | None = field(default=None, metadata={"help": "Port of machine 0 (multi-node)."})
+    recipe: str | None = field(
+        default=None, metadata={"help": "The shipped recipe a model alias brought (filled by the launcher)."}
+    )
     trainer: dict[str, Any] = field(
         default_factory=dict, metadata={"help": "The EdgeGRPOConfig settings (filled by the launcher)."}
     )

@@ -782,9 +782,15 @@ class EdgeGRPOTrainer(GRPOTrainer):
             *(f"| `{k}` | {v:.4g} |" for k, v in sorted(final.items())),
             "",
         ]
+        from edge_trl.model_card import fix_model_card
+
         path = os.path.join(args.output_dir, "README.md")
-        with open(path, "a", encoding="utf-8") as card:
-            card.write("\n".join(lines))
+        base_model = info.get("model") or self.model.config._name_or_path
+        with open(path, encoding="utf-8") as card:
+            text = card.read()
+        text = fix_model_card(text, base_model, self.hub_model_id or args.output_dir, dataset_name)
+        with open(path, "w", encoding="utf-8") as card:
+            card.write(text + "\n".join(lines))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Helpers

@@ -57,7 +57,15 @@ def build_trainer(run: RunSpec) -> Any:
     return trainer
 
 
+def silence_unactionable_warnings() -> None:
+    """Warnings raised inside TRL/transformers that a user of edge-trl cannot act on."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> int:
+    silence_unactionable_warnings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, required=True, help="the run file written by `edge-trl train`")
     options = parser.parse_args(argv)

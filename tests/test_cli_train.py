@@ -61,7 +61,8 @@ def test_dry_run_for_each_gpu_config(as_gpu_machine, tiny_model_path, data_file,
     expected_processes = 1 if config == "single_gpu" else 4
     assert f"--num_processes {expected_processes}" in command and spec["num_processes"] == expected_processes
     assert command.endswith(f"worker.py --run {spec['trainer']['output_dir']}/edge_trl_run.yaml")
-    assert "use_cpu" not in spec["trainer"] and "bf16" not in spec["trainer"]  # TRL's GPU defaults stay
+    assert "use_cpu" not in spec["trainer"]
+    assert spec["trainer"]["bf16"] and spec["trainer"]["activation_checkpointing"]  # the GPU defaults, shown
 
 
 def test_dry_run_cpu_config(tiny_model_path, data_file):
@@ -198,7 +199,7 @@ def test_missing_deepspeed_is_a_clear_error(tiny_model_path, data_file, monkeypa
 
 def test_warnings_for_no_op_kl_cov_and_lora_with_zero3(as_gpu_machine, tiny_model_path, data_file):
     result = runner.invoke(app, ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--method",
-                                 "kl-cov", "--set", "num_iterations=1", "--lora", "--accelerate-config", "zero3",
+                                 "kl-cov", "--set", "steps_per_generation=1", "--lora", "--accelerate-config", "zero3",
                                  "--dry-run"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "warning: cov_mode='kl_cov' is a no-op" in result.output
