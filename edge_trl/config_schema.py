@@ -175,6 +175,24 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
 
+def _check_mapping(name: str, value: Any) -> Any:
+    """A structured value, refused when YAML read a mistyped ``{key:value}`` (no space after the colon) as the key
+    ``'key:value'`` with no value: that is never what was meant."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if item is None and isinstance(key, str) and ":" in key:
+                left, right = key.split(":", 1)
+                raise ValueError(
+                    f"{name}: cannot read {{{key}}}: a mapping needs a space after each colon, e.g. "
+                    f"{name}='{{{left}: {right}}}' (YAML flow mapping)."
+                )
+            _check_mapping(name, item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_mapping(name, item)
+    return value
+
+
 def coerce(config_field: ConfigField, value: Any, from_text: bool = False) -> Any:
     """``value`` converted to the field's kind and checked against its choices; raises ``ValueError`` naming the
     field. ``from_text``: the value is a command-line string (YAML and ``--set`` values arrive already parsed)."""
@@ -182,9 +200,11 @@ def coerce(config_field: ConfigField, value: Any, from_text: bool = False) -> An
         return None
     if from_text and config_field.kind == "yaml":
         try:
-            return yaml.safe_load(value)
+            return _check_mapping(config_field.name, yaml.safe_load(value))
         except yaml.YAMLError as error:
             raise ValueError(f"{config_field.name}={value!r}: cannot parse the value ({error}).") from error
+    if config_field.kind == "yaml":
+        return _check_mapping(config_field.name, value)
     is_null = isinstance(value, str) and value.strip().lower() in ("none", "null")
     if is_null and config_field.optional and not (config_field.choices and value in config_field.choices):
         return None

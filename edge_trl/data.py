@@ -81,7 +81,9 @@ def load_any_dataset(source: str, split: str = "train") -> Any:
                 f"{source} is a folder but not a `datasets.save_to_disk` folder (no dataset_info.json or "
                 "dataset_dict.json): point to the folder written by save_to_disk, or to a JSON/JSONL/Parquet file."
             )
-        loaded = datasets.load_from_disk(str(path))
+        # In memory: `map` on a dataset backed by the folder's files writes its cache-*.arrow files next to them,
+        # into the user's data folder. Math datasets are small (tens of MB).
+        loaded = datasets.load_from_disk(str(path), keep_in_memory=True)
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise DatasetError(f"{source} has splits {list(loaded)}, not {split!r}: choose one of them.")

@@ -87,6 +87,7 @@ def test_eval_end_to_end_on_a_local_suite(tmp_path, tiny_model_path, local_suite
     assert data["per_problem"]["amc23"][1]["answer"] == "3"  # 3.0 graded as "3"
     assert data["per_problem"]["minerva"][0]["answer"] == "9.6"
     assert data["settings"]["temperature"] == 0.7 and data["settings"]["max_new_tokens"] == 8
+    assert not list(local_suite.rglob("cache-*.arrow"))  # no cache file written into the user's data folder
 
 
 def test_eval_with_a_lora_adapter(tmp_path, tiny_model_path, local_suite):
