@@ -162,7 +162,7 @@ def _shown_default(config_field: ConfigField) -> Any:
 
 
 def run_train(**values: Any) -> None:
-    from edge_trl.launch import LaunchError, TrainRequest, launch, resolve
+    from edge_trl.launch import LaunchError, TrainRequest, describe_exit, launch, resolve
 
     ctx = click.get_current_context()
     fields = ctx.command.fields or {}
@@ -187,7 +187,7 @@ def run_train(**values: Any) -> None:
         click.echo(prepared.run.to_yaml())
         return
     click.echo(f"+ {prepared.command_line()}", err=True)
-    code = launch(prepared)
+    code, description = describe_exit(launch(prepared))
     if code != 0:
-        click.secho(f"error: training failed (exit code {code}); see the messages above.", err=True, fg="red")
+        click.secho(f"error: training failed ({description}); see the messages above.", err=True, fg="red")
         raise click.exceptions.Exit(code)

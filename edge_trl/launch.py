@@ -511,6 +511,42 @@ def _check_hub_token(settings: dict[str, Any]) -> None:
         )
 
 
+def check_hub_reachable(settings: dict[str, Any]) -> None:
+    """Before any process starts: a ``--push-to-hub`` run fails here, in seconds, when the Hub cannot be reached
+    (offline mode, no network, a wrong HF_ENDPOINT) or rejects the token, instead of in every rank's Trainer set-up
+    after the model has loaded. One ``whoami`` call checks the endpoint and the token at once."""
+    if not settings.get("push_to_hub"):
+        return
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    later = (
+        "Or train without --push-to-hub and upload the result afterwards: hf upload "
+        f"{settings.get('hub_model_id') or '<repo-id>'} {settings.get('output_dir')}"
+    )
+    try:
+        HfApi().whoami()
+    except OfflineModeIsEnabled:
+        raise LaunchError(
+            f"--push-to-hub: HF_HUB_OFFLINE is set, so the Hub cannot be reached. Unset it to push. {later}"
+        ) from None
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise LaunchError(
+                f"--push-to-hub: the Hub rejected the token (HTTP {status}): run `hf auth login` or set a valid "
+                f"HF_TOKEN with write access. {later}"
+            ) from None
+        raise LaunchError(
+            f"--push-to-hub: the Hub at {constants.ENDPOINT} answered {error}. Retry later. {later}"
+        ) from None
+    except Exception as error:  # network errors of the HTTP client (httpx, requests) share no base class
+        raise LaunchError(
+            f"--push-to-hub: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}). Check "
+            f"the network (and HF_ENDPOINT) and retry. {later}"
+        ) from None
+
+
 def _resolve_resume(resume: str | None, output_dir: Path) -> str | None:
     if resume == "last":
         last = last_checkpoint(output_dir)
@@ -566,6 +602,8 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
         notes.append(fit_gpu_micro_batch(trainer, explicit))
     warnings = [*accelerate.warnings, *validate_trainer_settings(trainer, accelerate.processes, fields)]
     _check_hub_token(trainer)
+    if not request.dry_run:  # a dry run may prepare the command for another machine: no network
+        check_hub_reachable(trainer)
     if run.lora and accelerate.config_name in ("zero3", "zero3_offload"):
         warnings.append(
             "LoRA with ZeRO-3: the frozen base weights are sharded too and gathered for every generation "
@@ -596,5 +634,29 @@ def launch(prepared: PreparedRun) -> int:
         return int(error.code or 0)
     except Exception as error:  # ChildFailedError and friends: the rank already printed its error
         logger.debug("launch failed: %r", error)
-        return 1
+        return _rank_signal(error) or 1
     return 0
+
+
+def _rank_signal(error: Exception) -> int:
+    """-N when torchrun says a rank was killed by signal N (ChildFailedError.failures), else 0."""
+    codes = [getattr(failure, "exitcode", 0) for failure in (getattr(error, "failures", None) or {}).values()]
+    return next((code for code in codes if isinstance(code, int) and code < 0), 0)
+
+
+def describe_exit(code: int) -> tuple[int, str]:
+    """The exit status a shell would give for a worker's return code, and how to say it.
+
+    A process killed by signal N has return code -N (Python's subprocess): it is reported by the signal's name and
+    exits 128 + N, as shells do (143 for SIGTERM), instead of the 241 that ``exit(-15)`` gives.
+    """
+    if code < 0:
+        import signal
+
+        number = -code
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return 128 + number, f"killed by {name} (exit code {128 + number})"
+    return code, f"exit code {code}"

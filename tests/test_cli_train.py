@@ -286,7 +286,11 @@ def upload_folder(self, *args, repo_id=None, folder_path=None, run_as_future=Fal
     future.set_result(None)
     return future if run_as_future else None
 
+def whoami(self, *args, **kwargs):
+    return {"name": "me"}
+
 huggingface_hub.HfApi.create_repo = create_repo
+huggingface_hub.HfApi.whoami = whoami
 huggingface_hub.HfApi.upload_folder = upload_folder
 '''
 
@@ -297,7 +301,8 @@ def test_push_to_hub_uploads_model_and_card(tmp_path, tiny_model_path, data_file
     hub.mkdir()
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "sitecustomize.py").write_text(HUB_MOCK)
-    env = {"PYTHONPATH": str(tmp_path / "site"), "EDGE_TEST_HUB_DIR": str(hub), "HF_TOKEN": "hf_secretTOKEN123"}
+    env = {"PYTHONPATH": str(tmp_path / "site"), "EDGE_TEST_HUB_DIR": str(hub), "HF_TOKEN": "hf_secretTOKEN123",
+           "HF_HUB_OFFLINE": "0"}  # fmt: skip  # the mock is the Hub's network boundary
     out = tmp_path / "run"
     args = ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--lora", "--num-processes", "1",
             "--output-dir", str(out), "--max-steps", "1", *TINY_RUN, "--set", "gec_max_new_tokens=96",
