@@ -22,10 +22,13 @@ def base_model_reference(base_model: str | None) -> str:
 
 
 def fix_model_card(text: str, base_model: str | None, model_location: str, dataset_name: str | None) -> str:
-    """``text`` (TRL's card) with the base model named, the pipeline pointed at ``model_location`` (the Hub
-    repository or the output folder), and a local dataset named without a broken Hub link."""
+    """``text`` (TRL's card) with the base model named, the pipeline and the title pointed at ``model_location`` (the
+    Hub repository or the output folder), and a local dataset named without a broken Hub link."""
     text = text.replace("[None](https://huggingface.co/None)", base_model_reference(base_model))
     text = text.replace('model="None"', f'model="{model_location}"')
+    name = os.path.basename(str(model_location).rstrip("/"))
+    text = text.replace("# Model Card for None\n", f"# Model Card for {name}\n")
+    text = text.replace("\nmodel_name: None\n", f"\nmodel_name: {name}\n")
     if dataset_name and not _is_hub_id(dataset_name):
         text = text.replace(
             f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})", f"`{dataset_name}` (local data)"

@@ -1,0 +1,280 @@
+"""The main use case done right (issue 14 items 2-5) and the authors' recipes (issue 10 item 2).
+
+Dry runs of the real CLI for the resolution rules; real subprocesses for the Hub check, signals and noise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from edge_trl import launch
+from edge_trl.cli.main import app
+from edge_trl.model_card import fix_model_card
+from edge_trl.testing import tiny_addition_dataset
+
+runner = CliRunner()
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
+    tiny_addition_dataset(16).to_json(str(path))
+    return path
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """Pretend the machine has one CUDA device: the dry run resolves the GPU defaults."""
+    monkeypatch.setattr(launch, "gpu_count", lambda precise=False: 1)
+
+
+def dry_run(*args: str) -> tuple[str, dict]:
+    """The notes printed and the resolved RunSpec of a dry run."""
+    result = runner.invoke(app, ["train", *args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("accelerate launch"))
+    notes = "\n".join(line for line in lines[:start] if line.startswith("note:"))
+    return notes, yaml.safe_load("\n".join(lines[start + 1 :]))
+
+
+def edge_trl(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "edge_trl.cli.main", *args], capture_output=True, text=True,
+                          env=environment, timeout=timeout)  # fmt: skip
+
+
+# -- 14.2: a model alias runs its recipe -------------------------------------------------------------------------------
+
+
+def test_alias_runs_its_recipe_and_flags_override_it(data_file):
+    data = ["--dataset", str(data_file)]
+    notes, spec = dry_run("--model", "qwen2.5-math-1.5b", *data, "--num-processes", "1")
+    recipe = yaml.safe_load(Path(spec["recipe"]).read_text())
+    assert Path(spec["recipe"]).name == "edge_grpo_qwen2.5_math_1.5b.yaml"
+    assert "recipe edge_grpo_qwen2.5_math_1.5b.yaml applied" in notes
+    for key in ("max_completion_length", "gradient_accumulation_steps", "loss_type", "temperature", "save_steps"):
+        assert spec["trainer"][key] == recipe[key], key
+    assert spec["dataset"] == str(data_file)  # the flag beats the recipe's dataset
+
+    _, spec = dry_run("--model", "qwen2.5-math-1.5b", *data, "--num-processes", "1", "--max-completion-length", "64",
+                      "--set", "temperature=0.9")  # fmt: skip
+    assert spec["trainer"]["max_completion_length"] == 64 and spec["trainer"]["temperature"] == 0.9
+
+    # the Hub id, or a method the alias has no recipe for, runs without one
+    notes, spec = dry_run("--model", "Qwen/Qwen2.5-Math-1.5B", *data, "--num-processes", "1")
+    assert spec["recipe"] is None and "recipe" not in notes
+    _, spec = dry_run("--model", "qwen2.5-math-1.5b", *data, "--num-processes", "1", "--method", "clip-cov")
+    assert spec["recipe"] is None
+    _, spec = dry_run("--model", "qwen2.5-math-7b", *data, "--num-processes", "1", "--method", "kl-cov")
+    assert Path(spec["recipe"]).name == "kl_cov_qwen2.5_math_7b.yaml"
+
+
+# -- 14.3: LoRA's learning rate ----------------------------------------------------------------------------------------
+
+
+def test_lora_scales_the_default_learning_rate_and_an_explicit_one_wins(tmp_path, tiny_model_path, data_file):
+    base = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1"]
+    _, spec = dry_run(*base)
+    assert spec["trainer"]["learning_rate"] == 1e-6
+    notes, spec = dry_run(*base, "--lora")
+    assert spec["trainer"]["learning_rate"] == 1e-5
+    assert "learning_rate 1e-05 = 10 x the full fine-tuning 1e-06 (LoRA Without Regret" in notes
+    assert dry_run(*base, "--lora", "--learning-rate", "3e-5")[1]["trainer"]["learning_rate"] == 3e-5
+    assert dry_run(*base, "--lora", "--set", "learning_rate=2e-5")[1]["trainer"]["learning_rate"] == 2e-5
+    own = tmp_path / "own.yaml"
+    own.write_text("learning_rate: 4.0e-6\n")
+    notes, spec = dry_run(*base, "--lora", "--config", str(own))  # the user's own recipe is explicit
+    assert spec["trainer"]["learning_rate"] == 4e-6 and "LoRA Without Regret" not in notes
+    # a shipped recipe holds full fine-tuning values, by alias as by --config
+    _, spec = dry_run("--model", "qwen2.5-math-1.5b", "--dataset", str(data_file), "--num-processes", "1", "--lora")
+    assert spec["trainer"]["learning_rate"] == 1e-5
+
+
+# -- 14.4: GPU defaults ------------------------------------------------------------------------------------------------
+
+
+def test_gpu_defaults_fit_24_gb_and_keep_the_batch(one_gpu, monkeypatch, data_file):
+    real_find_spec = importlib.util.find_spec
+
+    def vllm_installed(installed: bool) -> None:
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if installed else None)
+                            if name == "vllm" else real_find_spec(name, *a))  # fmt: skip
+
+    args = ["--model", "qwen2.5-math-1.5b", "--dataset", str(data_file), "--lora"]
+    vllm_installed(False)
+    notes, spec = dry_run(*args)
+    trainer = spec["trainer"]
+    assert trainer["bf16"] is True and trainer["activation_checkpointing"] is True
+    assert "use_vllm" not in trainer
+    # the recipe's 8 responses per optimizer step: micro-batch 4 (fits 24 GB with HF generation) x 2 accumulation
+    assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (4, 2)
+    assert "micro-batch 8 -> per_device_train_batch_size 4 x gradient_accumulation_steps 2" in notes
+    # an explicit micro-batch is kept
+    trainer = dry_run(*args, "--per-device-train-batch-size", "8")[1]["trainer"]
+    assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (8, 1)
+    # Clip-Cov: the rollout keeps its 64 responses and its 8 optimizer steps
+    trainer = dry_run(*args, "--method", "clip-cov")[1]["trainer"]
+    assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (4, 2)
+    assert trainer["steps_per_generation"] == 16  # 16 micro-batches of 4 = 64 responses = 8 steps of 8
+
+    # with vLLM installed: colocated generation, and the smaller micro-batch that fits next to it
+    vllm_installed(True)
+    trainer = dry_run(*args)[1]["trainer"]
+    assert trainer["use_vllm"] is True and trainer["vllm_mode"] == "colocate"
+    assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (2, 4)
+    assert dry_run(*args, "--no-use-vllm")[1]["trainer"]["use_vllm"] is False
+
+
+def test_cpu_defaults_train_a_bf16_checkpoint_in_fp32(tmp_path, tiny_model_path, data_file):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edge_trl.launch import TrainRequest, resolve
+    from edge_trl.worker import build_trainer
+
+    bf16_model = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.bfloat16).save_pretrained(bf16_model)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bf16_model / name).write_bytes((tiny_model_path / name).read_bytes())
+    flags = {"model": str(bf16_model), "dataset": str(data_file), "num_processes": 1, "method": "grpo",
+             "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4}  # fmt: skip
+    prepared = resolve(TrainRequest(flags=flags, dry_run=True), gpus=0)
+    assert prepared.run.trainer["model_init_kwargs"] == {"dtype": "float32"}
+    assert prepared.run.trainer["activation_checkpointing"] is False and prepared.env["DS_ACCELERATOR"] == "cpu"
+    trainer = build_trainer(prepared.run)
+    assert trainer.model.dtype == torch.float32
+
+
+# -- 10.2: the authors' recipes ----------------------------------------------------------------------------------------
+
+
+def authors_table() -> list[dict[str, str]]:
+    text = README.read_text()
+    table = text.split("<!-- authors-table -->")[1].split("<!-- /authors-table -->")[0].strip().splitlines()
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    return [dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True)) for row in table[2:]]
+
+
+@pytest.mark.parametrize("method", ["edge", "clip-cov", "kl-cov"])
+def test_presets_resolve_to_the_authors_table(tiny_model_path, data_file, method):
+    rows = authors_table()
+    assert len(rows) >= 15
+    _, spec = dry_run("--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+                      "--method", method)  # fmt: skip
+    checked = 0
+    for row in rows:
+        field, cell = row["field"].strip("`"), row[method]
+        if cell == "–":
+            continue
+        assert spec["trainer"][field] == yaml.safe_load(cell), (method, field)
+        checked += 1
+    assert checked >= 8
+
+
+# -- 14.5: smaller things ----------------------------------------------------------------------------------------------
+
+
+def test_malformed_structured_set_value_is_an_error(tiny_model_path, data_file):
+    base = ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--dry-run"]
+    for args in (["--set", "model_init_kwargs={dtype:float32}"], ["--model-init-kwargs", "{dtype:float32}"]):
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert "needs a space after each colon, e.g. model_init_kwargs='{dtype: float32}'" in result.output
+    _, spec = dry_run(*base[1:-1], "--set", "model_init_kwargs={dtype: float32, attn_implementation: eager}")
+    assert spec["trainer"]["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "eager"}
+
+
+def test_model_card_names_the_base_model(tmp_path, tiny_model_path):
+    from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+    from edge_trl.testing import digit_share_reward
+
+    args = EdgeGRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none",
+                          per_device_train_batch_size=4, num_generations=4, max_completion_length=8)  # fmt: skip
+    trainer = EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args,
+                              train_dataset=tiny_addition_dataset(8))  # fmt: skip
+    trainer.edge_run_info = {"model": str(tiny_model_path), "method": "grpo"}
+    trainer.create_model_card(dataset_name="/data/train.jsonl")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "None" not in card.split("## Trained with edge-trl")[0]
+    assert f"fine-tuned version of `{tiny_model_path}` (a local model)" in card
+    assert f'pipeline("text-generation", model="{tmp_path / "out"}"' in card
+    assert "`/data/train.jsonl` (local data)" in card and "huggingface.co/datasets//data" not in card
+    # a Hub base model and a pushed repository keep their links
+    hub = fix_model_card(
+        'of [None](https://huggingface.co/None).\nmodel="None"', "Qwen/Qwen2.5-Math-1.5B", "me/m", None
+    )
+    assert hub == 'of [Qwen/Qwen2.5-Math-1.5B](https://huggingface.co/Qwen/Qwen2.5-Math-1.5B).\nmodel="me/m"'
+
+
+def test_push_to_hub_fails_in_seconds_when_the_hub_is_unreachable(tmp_path, tiny_model_path, data_file):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+            "--output-dir", str(tmp_path / "out"), "--push-to-hub", "--hub-model-id", "me/tiny"]  # fmt: skip
+    unreachable = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
+    start = time.monotonic()
+    result = edge_trl(*args, env=unreachable)
+    assert time.monotonic() - start < 60 and result.returncode == 2, result.stderr[-3000:]
+    assert f"cannot reach the Hub at http://127.0.0.1:{port}" in result.stderr and "and retry" in result.stderr
+    assert f"hf upload me/tiny {tmp_path / 'out'}" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "edge_trl_run.yaml").exists()  # no process was started
+
+    offline = edge_trl(*args, env={"HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_x"})
+    assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr and "hf upload" in offline.stderr
+
+
+def test_help_is_readable_at_80_columns():
+    result = subprocess.run([sys.executable, "-m", "edge_trl.cli.main", "train", "--help"], capture_output=True,
+                            text=True, env={**os.environ, "COLUMNS": "80"}, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80 and "…" not in result.stdout
+    for flag in ("--accelerate-config", "--resume-from-checkpoint", "--per-device-train-batch-size"):
+        assert re.search(rf"^\s+{re.escape(flag)}\b", result.stdout, re.MULTILINE), flag
+
+
+KILL_WORKER = """
+import os, signal, sys
+if sys.argv and sys.argv[0].endswith("worker.py"):
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_a_run_killed_by_a_signal_reports_it_and_exits_128_plus_n(tmp_path, tiny_model_path, data_file):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(KILL_WORKER)  # the worker process receives a real SIGTERM at start
+    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+                      "--output-dir", str(tmp_path / "out"), env={"PYTHONPATH": str(site)})  # fmt: skip
+    assert result.returncode == 128 + signal.SIGTERM == 143, result.stderr[-3000:]
+    assert "training failed (killed by SIGTERM (exit code 143))" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_cpu_run_prints_no_warning_of_ours(tmp_path, tiny_model_path, data_file):
+    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+                      "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--method", "grpo",
+                      "--set", "max_completion_length=8", "--set", "num_generations=4",
+                      "--set", "per_device_train_batch_size=4")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FutureWarning" not in result.stderr and "Setting accelerator to CPU" not in result.stderr
+    # DeepSpeed, when a run imports it, stays quiet with the environment the launcher sets on CPU
+    quiet = subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True, text=True,
+                           env={**os.environ, "DS_ACCELERATOR": "cpu"}, timeout=120)  # fmt: skip
+    if importlib.util.find_spec("deepspeed"):
+        assert quiet.returncode == 0 and "Setting accelerator to CPU" not in quiet.stderr + quiet.stdout
