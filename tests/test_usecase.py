@@ -123,6 +123,7 @@ def test_gpu_defaults_fit_24_gb_and_keep_the_batch(one_gpu, monkeypatch, data_fi
     # the recipe's 8 responses per optimizer step: micro-batch 4 (fits 24 GB with HF generation) x 2 accumulation
     assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (4, 2)
     assert "micro-batch 8 -> per_device_train_batch_size 4 x gradient_accumulation_steps 2" in notes
+    assert dry_run(*args, "--no-gradient-checkpointing")[1]["trainer"]["activation_checkpointing"] is False
     # an explicit micro-batch is kept
     trainer = dry_run(*args, "--per-device-train-batch-size", "8")[1]["trainer"]
     assert (trainer["per_device_train_batch_size"], trainer["gradient_accumulation_steps"]) == (8, 1)
