@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from edge_trl.checkpoints import last_checkpoint
+from edge_trl.checkpoints import newest_complete_checkpoint
 from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
 from edge_trl.presets import (
     CPU_DEFAULTS,
@@ -418,14 +418,24 @@ def _check_hub_token(settings: dict[str, Any]) -> None:
         )
 
 
-def _resolve_resume(resume: str | None, output_dir: Path) -> str | None:
+def _resolve_resume(resume: str | None, output_dir: Path, warnings: list[str]) -> str | None:
+    """The checkpoint folder to resume from; ``last`` is the newest *complete* one (a kill during a save leaves a
+    partial folder: each one skipped is added to ``warnings`` with what is wrong with it)."""
     if resume == "last":
-        last = last_checkpoint(output_dir)
+        last, skipped = newest_complete_checkpoint(output_dir)
+        warnings.extend(
+            f"--resume-from-checkpoint last: skipping {folder}, an incomplete checkpoint: {problem}."
+            for folder, problem in skipped
+        )
         if last is None:
-            raise LaunchError(
-                f"--resume-from-checkpoint last: no checkpoint-* folder in {output_dir}; "
-                "train without it first, or point to a checkpoint folder."
+            found = (
+                f"only incomplete checkpoints in {output_dir}" if skipped else f"no checkpoint-* folder in {output_dir}"
             )
+            raise LaunchError(
+                f"--resume-from-checkpoint last: {found}; train without it first, or point to a checkpoint folder."
+            )
+        if skipped:
+            warnings.append(f"--resume-from-checkpoint last: resuming from {last}.")
         return str(last)
     if resume is not None and not Path(resume).is_dir():
         raise LaunchError(f"--resume-from-checkpoint {resume}: no such checkpoint folder.")
@@ -467,7 +477,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
         )
     output_dir = Path(trainer["output_dir"])
     run = dataclasses.replace(
-        run, trainer=trainer, resume_from_checkpoint=_resolve_resume(run.resume_from_checkpoint, output_dir)
+        run, trainer=trainer, resume_from_checkpoint=_resolve_resume(run.resume_from_checkpoint, output_dir, warnings)
     )
     return PreparedRun(run, accelerate.args, output_dir / RUN_FILE, warnings, accelerate.env)
 

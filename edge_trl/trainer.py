@@ -25,7 +25,7 @@ It hooks TRL at these seams and re-implements no TRL method body:
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
   and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
   GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
-  across epochs. See :mod:`edge_trl.checkpointing`.
+  across epochs. See :mod:`edge_trl.checkpoints`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
@@ -56,7 +56,7 @@ from trl.trainer.utils import RepeatSampler
 
 from edge_trl import gec
 from edge_trl._compat import check_trl_version
-from edge_trl.checkpointing import (
+from edge_trl.checkpoints import (
     ResumableRepeatSampler,
     load_resume_state,
     rollout_in_progress,
@@ -661,7 +661,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         metrics["gec/mean_length_before"].append(before_lengths.float().mean().item())
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Checkpoints: exact resume (what is saved and why: edge_trl.checkpointing)
+    # Checkpoints: exact resume (what is saved and why: edge_trl.checkpoints)
     # ----------------------------------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset: Any = None) -> Any:
