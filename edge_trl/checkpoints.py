@@ -42,16 +42,19 @@ The data order across epochs is made resumable by ``ResumableRepeatSampler`` (sa
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from trl.trainer.utils import RepeatSampler
+if TYPE_CHECKING:
+    import torch
+
+# torch and trl are imported where used: `edge-trl train` looks checkpoints up before any heavy import.
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +195,8 @@ def save_resume_state(
     if is_main_process:
         _atomic_write(folder / STATE_FILE, lambda f: f.write(json.dumps({"format": STATE_FORMAT, **state}).encode()))
     if buffered_inputs is not None:
+        import torch
+
         _atomic_write(folder / ROLLOUT_FILE.format(process=process_index), lambda f: torch.save(buffered_inputs, f))
 
 
@@ -210,6 +215,8 @@ def load_resume_state(
             f"{state_path} has format {state.get('format')!r}, this edge-trl reads format {STATE_FORMAT}: resume "
             "with the edge-trl version that wrote the checkpoint."
         )
+    import torch
+
     rollout_path = folder / ROLLOUT_FILE.format(process=process_index)
     buffered = torch.load(rollout_path, map_location=device, weights_only=True) if rollout_path.is_file() else None
     return state, buffered
@@ -224,18 +231,32 @@ def _atomic_write(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-class ResumableRepeatSampler(RepeatSampler):
-    """TRL's ``RepeatSampler`` whose epoch order can be recomputed: the same orders as TRL's in an uninterrupted run.
+def __getattr__(name: str) -> Any:
+    # ResumableRepeatSampler subclasses TRL's sampler: built on first use, so importing this module stays light.
+    if name == "ResumableRepeatSampler":
+        return _resumable_repeat_sampler()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    TRL 1.16's sampler seeds its generator once and draws one permutation per ``__iter__``, i.e. per epoch, so a
-    resumed run (a fresh sampler) would replay epoch 0's order. The Trainer calls ``set_epoch(epoch)`` before each
-    epoch (through accelerate's data loader), and here that re-seeds the generator and skips the ``epoch`` permutations
-    already drawn: the next ``__iter__`` yields epoch ``epoch``'s order whether or not the run was interrupted.
-    """
 
-    def set_epoch(self, epoch: int) -> None:
-        if not self.shuffle or self.seed is None:
-            return  # unshuffled: nothing to replay; unseeded: no reproducible order to begin with
-        self.generator.manual_seed(self.seed)
-        for _ in range(epoch):
-            torch.randperm(self.num_samples, generator=self.generator)
+@functools.cache
+def _resumable_repeat_sampler() -> type:
+    import torch
+    from trl.trainer.utils import RepeatSampler
+
+    class ResumableRepeatSampler(RepeatSampler):
+        """TRL's ``RepeatSampler`` whose epoch order can be recomputed: the same orders as TRL's in an uninterrupted run.
+
+        TRL 1.16's sampler seeds its generator once and draws one permutation per ``__iter__``, i.e. per epoch, so a
+        resumed run (a fresh sampler) would replay epoch 0's order. The Trainer calls ``set_epoch(epoch)`` before each
+        epoch (through accelerate's data loader), and here that re-seeds the generator and skips the ``epoch`` permutations
+        already drawn: the next ``__iter__`` yields epoch ``epoch``'s order whether or not the run was interrupted.
+        """
+
+        def set_epoch(self, epoch: int) -> None:
+            if not self.shuffle or self.seed is None:
+                return  # unshuffled: nothing to replay; unseeded: no reproducible order to begin with
+            self.generator.manual_seed(self.seed)
+            for _ in range(epoch):
+                torch.randperm(self.num_samples, generator=self.generator)
+
+    return ResumableRepeatSampler
