@@ -32,6 +32,9 @@ What passes between the hooks lives in two small objects, each alive for one cal
 travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``), a key of TRL's batch that survives its
 shuffle into micro-batches.
 
+Reward functions are wrapped by :func:`edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
+reward fails on (raises, hangs, NaN/inf) scores None instead of stopping the run.
+
 All hooks follow TRL 1.16 (the range pinned in pyproject.toml; ``tests/test_compat.py`` fails on another version).
 With every EDGE feature off, the trainer runs TRL's code paths unchanged.
 """
@@ -75,6 +78,7 @@ from edge_trl.core_algos import (
 )
 from edge_trl.data import normalize_answer
 from edge_trl.end_of_turn import end_of_turn_token_ids
+from edge_trl.faults import guard_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +159,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
         # State shared between the hooks of one call (see _RolloutState / _LossState); None outside that call.
         self._rollout: _RolloutState | None = None
         self._loss: _LossState | None = None
+        # A reward that raises, hangs or returns NaN/inf on one completion costs that completion, not the run.
+        reward_funcs = guard_reward_funcs(reward_funcs, args.reward_timeout)
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._stop_at_end_of_turn()
         if self.args.gec_correction_active:
