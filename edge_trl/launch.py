@@ -499,5 +499,12 @@ def launch(prepared: PreparedRun) -> int:
         return int(error.code or 0)
     except Exception as error:  # ChildFailedError and friends: the rank already printed its error
         logger.debug("launch failed: %r", error)
-        return 1
+        return _signal_exit_code(error) or 1
     return 0
+
+
+def _signal_exit_code(error: Exception) -> int | None:
+    """128 + the signal when the launcher itself was stopped by one (torchrun raises SignalException after it has
+    forwarded the signal to the ranks and they have exited: 143 for SIGTERM, 130 for Ctrl-C), else None."""
+    sigval = getattr(error, "sigval", None)
+    return None if sigval is None else 128 + int(sigval)
