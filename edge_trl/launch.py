@@ -228,7 +228,8 @@ def _check_reward(reward: str) -> None:
 
 
 def _check_dataset(run: RunSpec) -> None:
-    """A local dataset is loaded and its first rows prepared, so a wrong column fails here, not on every rank."""
+    """A local dataset is loaded and prepared, so a wrong column or split, a bad answer type or a dataset with no usable
+    row fails here, not on every rank (and dropped rows are reported once)."""
     from edge_trl.data import DatasetError, load_any_dataset, prepare_math_dataset
 
     source = str(run.dataset)
@@ -247,7 +248,8 @@ def _check_dataset(run: RunSpec) -> None:
         dataset = load_any_dataset(str(path), split=run.dataset_split)
         if len(dataset) == 0:
             raise DatasetError("The dataset is empty: it has no rows to train on.")
-        prepare_math_dataset(dataset.select(range(min(len(dataset), 64))), template=run.template, **columns)
+        # Every row: the rows dropped (empty problem or answer) are counted and named here, before processes start.
+        prepare_math_dataset(dataset, template=run.template, **columns)
     except DatasetError as error:
         raise LaunchError(f"--dataset {source}: {error}") from error
     finally:
