@@ -31,6 +31,8 @@ class EdgeGRPOConfig(GRPOConfig):
         gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
         gec_max_new_tokens, gec_cue_in_budget, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
         gec_mask_injected
+    Faults in reward functions:
+        reward_timeout
 
     With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
     """
@@ -181,6 +183,15 @@ class EdgeGRPOConfig(GRPOConfig):
         metadata={
             "help": "GEC: exclude injected tokens (cue, injected answer, reference solution) from the loss through "
             "TRL's tool_mask. Default False: they are trained on, as in the paper."
+        },
+    )
+
+    reward_timeout: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds a reward function may take on a batch, then on each completion alone; a completion it "
+            "fails on (raises, hangs past this, returns NaN/inf) scores None and is counted in rewards/<name>/faults "
+            "(edge_trl.faults)."
         },
     )
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def normalize_answer(answer: Any) -> str | None:
@@ -74,6 +77,10 @@ def load_any_dataset(source: str, split: str = "train") -> Any:
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)
         if builder is None:
             raise DatasetError(f"{source}: unsupported file type {suffix!r}; use .json, .jsonl, .parquet or .csv.")
+        if split != "train":
+            raise DatasetError(
+                f"{source} is one file, so it has one split, 'train', not {split!r}: drop the split option."
+            )
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     if path.is_dir():
         if not any((path / name).exists() for name in ("dataset_info.json", "dataset_dict.json", "state.json")):
@@ -110,6 +117,39 @@ def _pick(
     return found
 
 
+ANSWER_TYPES = (str, int, float, bool, list, tuple, type(None))  # what normalize_answer reads
+
+
+def _rows(indices: Sequence[int], shown: int = 10) -> str:
+    listed = ", ".join(map(str, indices[:shown]))
+    return listed + (f", ... ({len(indices)} in all)" if len(indices) > shown else "")
+
+
+def empty_rows(dataset: Any, prompt_col: str, answer_col: str | None) -> list[int]:
+    """The rows with an empty or None problem or answer, which `prepare_math_dataset` drops. Answers of a type
+    `normalize_answer` cannot read (a dict, bytes, a nested list) are an error naming the rows: most likely the wrong
+    column."""
+    empty = {i for i, value in enumerate(dataset[prompt_col]) if value is None or not str(value).strip()}
+    if answer_col is not None:
+        answers = dataset[answer_col]
+        wrong = [i for i, value in enumerate(answers) if not _readable_answer(value)]
+        if wrong:
+            kinds = sorted({type(answers[i]).__name__ for i in wrong})
+            raise DatasetError(
+                f"The {answer_col!r} column holds answers of type {', '.join(kinds)} in rows {_rows(wrong)}: an answer "
+                "must be a string, a number or a list of them. Fix those rows, or name the right column "
+                "(answer_column)."
+            )
+        empty.update(i for i, value in enumerate(answers) if normalize_answer(value) is None)
+    return sorted(empty)
+
+
+def _readable_answer(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(item, (str, int, float, bool)) or item is None for item in value)
+    return isinstance(value, ANSWER_TYPES)
+
+
 def prepare_math_dataset(
     dataset: Any,
     prompt_column: str | None = None,
@@ -124,8 +164,9 @@ def prepare_math_dataset(
     Columns are found by common names (``problem``/``question``/``prompt``…, ``answer``/``final_answer``…,
     ``solution``…) unless named. ``template="chat"`` builds a conversational prompt (system + user messages, the way
     Qwen2.5-Math is trained); ``"plain"`` a single string for base models without a chat template. Answers are
-    normalised to strings (``142.0`` → ``"142"``, ``['9.6']`` → ``"9.6"``). Empty datasets, missing columns and
-    empty problems are errors that name the row and column.
+    normalised to strings (``142.0`` → ``"142"``, ``['9.6']`` → ``"9.6"``). Rows with an empty or None problem or
+    answer are dropped, with a warning that counts and names them; empty datasets (also after that), missing columns
+    and answers of a type that is not a string, number or list are errors that name the rows and column.
     """
     check_template(template)
     if len(dataset) == 0:
@@ -135,13 +176,20 @@ def prepare_math_dataset(
     answer_col = _pick(columns, answer_column, ANSWER_COLUMNS, "answer", required=require_answer)
     solution_col = _pick(columns, solution_column, SOLUTION_COLUMNS, "solution", required=False)
 
-    for index, value in enumerate(dataset[prompt_col]):
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise DatasetError(f"Row {index}: the {prompt_col!r} column is empty; drop or fix that row.")
-    if answer_col is not None:
-        for index, value in enumerate(dataset[answer_col]):
-            if normalize_answer(value) is None:
-                raise DatasetError(f"Row {index}: the {answer_col!r} column has no answer ({value!r}); fix that row.")
+    empty = empty_rows(dataset, prompt_col, answer_col)
+    if empty:
+        if len(empty) == len(dataset):
+            raise DatasetError(
+                f"No row is left after dropping the rows with an empty {prompt_col!r} or {answer_col!r}: every row "
+                "is empty there. Check the column names (prompt_column / answer_column)."
+            )
+        logger.warning(
+            "Dropping %d of %d rows with an empty or missing %s (rows %s); training on the other %d.",
+            len(empty), len(dataset), " or ".join(repr(c) for c in (prompt_col, answer_col) if c), _rows(empty),
+            len(dataset) - len(empty),
+        )  # fmt: skip
+        dropped = set(empty)
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in dropped])
 
     def convert(row: dict[str, Any]) -> dict[str, Any]:
         problem = row[prompt_col]

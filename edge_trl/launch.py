@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from edge_trl.checkpoints import last_checkpoint
+from edge_trl.checkpoints import newest_complete_checkpoint
 from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
 from edge_trl.presets import (
     CPU_DEFAULTS,
@@ -261,7 +261,8 @@ def _check_reward(reward: str) -> None:
 
 
 def _check_dataset(run: RunSpec) -> None:
-    """A local dataset is loaded and its first rows prepared, so a wrong column fails here, not on every rank."""
+    """A local dataset is loaded and prepared, so a wrong column or split, a bad answer type or a dataset with no usable
+    row fails here, not on every rank (and dropped rows are reported once)."""
     from edge_trl.data import DatasetError, load_any_dataset, prepare_math_dataset
 
     source = str(run.dataset)
@@ -280,7 +281,8 @@ def _check_dataset(run: RunSpec) -> None:
         dataset = load_any_dataset(str(path), split=run.dataset_split)
         if len(dataset) == 0:
             raise DatasetError("The dataset is empty: it has no rows to train on.")
-        prepare_math_dataset(dataset.select(range(min(len(dataset), 64))), template=run.template, **columns)
+        # Every row: the rows dropped (empty problem or answer) are counted and named here, before processes start.
+        prepare_math_dataset(dataset, template=run.template, **columns)
     except DatasetError as error:
         raise LaunchError(f"--dataset {source}: {error}") from error
     finally:
@@ -547,14 +549,24 @@ def check_hub_reachable(settings: dict[str, Any]) -> None:
         ) from None
 
 
-def _resolve_resume(resume: str | None, output_dir: Path) -> str | None:
+def _resolve_resume(resume: str | None, output_dir: Path, warnings: list[str]) -> str | None:
+    """The checkpoint folder to resume from; ``last`` is the newest *complete* one (a kill during a save leaves a
+    partial folder: each one skipped is added to ``warnings`` with what is wrong with it)."""
     if resume == "last":
-        last = last_checkpoint(output_dir)
+        last, skipped = newest_complete_checkpoint(output_dir)
+        warnings.extend(
+            f"--resume-from-checkpoint last: skipping {folder}, an incomplete checkpoint: {problem}."
+            for folder, problem in skipped
+        )
         if last is None:
-            raise LaunchError(
-                f"--resume-from-checkpoint last: no checkpoint-* folder in {output_dir}; "
-                "train without it first, or point to a checkpoint folder."
+            found = (
+                f"only incomplete checkpoints in {output_dir}" if skipped else f"no checkpoint-* folder in {output_dir}"
             )
+            raise LaunchError(
+                f"--resume-from-checkpoint last: {found}; train without it first, or point to a checkpoint folder."
+            )
+        if skipped:
+            warnings.append(f"--resume-from-checkpoint last: resuming from {last}.")
         return str(last)
     if resume is not None and not Path(resume).is_dir():
         raise LaunchError(f"--resume-from-checkpoint {resume}: no such checkpoint folder.")
@@ -611,7 +623,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
         )
     output_dir = Path(trainer["output_dir"])
     run = dataclasses.replace(
-        run, trainer=trainer, resume_from_checkpoint=_resolve_resume(run.resume_from_checkpoint, output_dir)
+        run, trainer=trainer, resume_from_checkpoint=_resolve_resume(run.resume_from_checkpoint, output_dir, warnings)
     )
     notes = [note for note in notes if note]
     return PreparedRun(run, accelerate.args, output_dir / RUN_FILE, warnings, accelerate.env, notes=notes)
@@ -634,12 +646,17 @@ def launch(prepared: PreparedRun) -> int:
         return int(error.code or 0)
     except Exception as error:  # ChildFailedError and friends: the rank already printed its error
         logger.debug("launch failed: %r", error)
-        return _rank_signal(error) or 1
+        return _signal_code(error) or 1
     return 0
 
 
-def _rank_signal(error: Exception) -> int:
-    """-N when torchrun says a rank was killed by signal N (ChildFailedError.failures), else 0."""
+def _signal_code(error: Exception) -> int:
+    """-N when a signal N stopped the run, as subprocess reports it, else 0: either the launcher itself got it
+    (torchrun raises SignalException with ``sigval`` once it has forwarded the signal to the ranks and they have
+    exited) or a rank was killed by it (ChildFailedError.failures)."""
+    sigval = getattr(error, "sigval", None)
+    if sigval is not None:
+        return -int(sigval)
     codes = [getattr(failure, "exitcode", 0) for failure in (getattr(error, "failures", None) or {}).values()]
     return next((code for code in codes if isinstance(code, int) and code < 0), 0)
 

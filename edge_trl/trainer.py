@@ -25,12 +25,15 @@ It hooks TRL at these seams and re-implements no TRL method body:
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
   and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
   GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
-  across epochs. See :mod:`edge_trl.checkpointing`.
+  across epochs. See :mod:`edge_trl.checkpoints`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
 travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``), a key of TRL's batch that survives its
 shuffle into micro-batches.
+
+Reward functions are wrapped by :func:`edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
+reward fails on (raises, hangs, NaN/inf) scores None instead of stopping the run.
 
 All hooks follow TRL 1.16 (the range pinned in pyproject.toml; ``tests/test_compat.py`` fails on another version).
 With every EDGE feature off, the trainer runs TRL's code paths unchanged.
@@ -56,7 +59,7 @@ from trl.trainer.utils import RepeatSampler
 
 from edge_trl import gec
 from edge_trl._compat import check_trl_version
-from edge_trl.checkpointing import (
+from edge_trl.checkpoints import (
     ResumableRepeatSampler,
     load_resume_state,
     rollout_in_progress,
@@ -75,6 +78,7 @@ from edge_trl.core_algos import (
 )
 from edge_trl.data import normalize_answer
 from edge_trl.end_of_turn import end_of_turn_token_ids
+from edge_trl.faults import guard_reward_funcs
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +159,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
         # State shared between the hooks of one call (see _RolloutState / _LossState); None outside that call.
         self._rollout: _RolloutState | None = None
         self._loss: _LossState | None = None
+        # A reward that raises, hangs or returns NaN/inf on one completion costs that completion, not the run.
+        reward_funcs = guard_reward_funcs(reward_funcs, args.reward_timeout)
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._stop_at_end_of_turn()
         if self.args.gec_correction_active:
@@ -661,7 +667,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         metrics["gec/mean_length_before"].append(before_lengths.float().mean().item())
 
     # ----------------------------------------------------------------------------------------------------------------
-    # Checkpoints: exact resume (what is saved and why: edge_trl.checkpointing)
+    # Checkpoints: exact resume (what is saved and why: edge_trl.checkpoints)
     # ----------------------------------------------------------------------------------------------------------------
 
     def _get_train_sampler(self, dataset: Any = None) -> Any:

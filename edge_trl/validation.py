@@ -50,6 +50,11 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
     valid_modes = ("none", *cov_modes)
     if config.cov_mode not in valid_modes:
         raise ValueError(f"cov_mode={config.cov_mode!r} is not supported: use one of {', '.join(valid_modes)}.")
+    if not (config.reward_timeout > 0 and math.isfinite(config.reward_timeout)):
+        raise ValueError(
+            f"reward_timeout={config.reward_timeout} must be a positive number of seconds (e.g. 60): how long a "
+            "reward function may take before its completion scores None."
+        )
     if config.eda_scope not in EDA_SCOPES:
         raise ValueError(f"eda_scope={config.eda_scope!r} is not supported: use 'group' or 'batch'.")
     if not (config.eda_entropy_floor > 0 and math.isfinite(config.eda_entropy_floor)):

@@ -7,6 +7,7 @@ holds the resolved `RunSpec`; nothing here reads the command line of `edge-trl` 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,30 @@ def silence_unactionable_warnings() -> None:
     warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
+def _watch_for_preemption(trainer: Any) -> Any:
+    """SIGTERM / SIGINT save a checkpoint at the next step boundary and stop training (edge_trl.faults)."""
+    from edge_trl.faults import PreemptionCallback
+
+    preemption = PreemptionCallback()
+    preemption.install()
+    trainer.add_callback(preemption)
+    return preemption
+
+
+def _report_preemption(trainer: Any, preemption: Any) -> int:
+    """Exit 128 + the signal (130 for SIGINT, 143 for SIGTERM), as a process killed by it, after saying how to go on."""
+    signum = preemption.received or signal.SIGTERM
+    if trainer.is_world_process_zero():
+        checkpoint = Path(trainer.args.output_dir) / f"checkpoint-{trainer.state.global_step}"
+        print(
+            f"edge-trl: stopped by {signal.Signals(signum).name} after step {trainer.state.global_step}; checkpoint "
+            f"saved in {checkpoint}. Resume with the same command plus --resume-from-checkpoint last.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return 128 + int(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     silence_unactionable_warnings()
     parser = argparse.ArgumentParser(description=__doc__)
@@ -75,7 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         return 2
+    preemption = _watch_for_preemption(trainer)
     trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)
+    if preemption.stopped_early:
+        return _report_preemption(trainer, preemption)
     # Save the final model (or LoRA adapter) locally first: Trainer.save_model would also push, and a failed push
     # must not cost the result.
     push, trainer.args.push_to_hub = trainer.args.push_to_hub, False

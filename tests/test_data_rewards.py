@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from datasets import Dataset
@@ -71,8 +72,12 @@ def test_plain_template_and_explicit_columns():
         ([{"problem": "x"}][:0], {}, "The dataset is empty"),
         ([{"text": "x", "answer": "1"}], {}, r"Cannot find the prompt column.*\['text', 'answer'\]"),
         ([{"problem": "x", "answer": "1"}], {"answer_column": "final"}, "no answer column 'final'"),
-        ([{"problem": "ok", "answer": "1"}, {"problem": None, "answer": "2"}], {}, r"Row 1: the 'problem' column"),
-        ([{"problem": "ok", "answer": "1"}, {"problem": "b", "answer": None}], {}, r"Row 1: the 'answer' column"),
+        ([{"problem": " ", "answer": "1"}, {"problem": None, "answer": "2"}], {}, "No row is left after dropping"),
+        (
+            [{"problem": "a", "answer": {"v": 1}}, {"problem": "b", "answer": {"v": 2}}],
+            {},
+            r"'answer' column holds answers of type dict in rows 0, 1",
+        ),
         ([{"problem": "x", "answer": "1"}], {"template": "alpaca"}, "template='alpaca'"),
     ],
 )
@@ -80,6 +85,15 @@ def test_bad_datasets_name_row_and_column(rows, kwargs, message):
     dataset = Dataset.from_list(rows) if rows else Dataset.from_dict({"problem": [], "answer": []})
     with pytest.raises(DatasetError, match=message):
         prepare_math_dataset(dataset, **kwargs)
+
+
+def test_rows_without_problem_or_answer_are_dropped_and_counted(caplog):
+    rows = [{"problem": "1+1", "answer": "2"}, {"problem": None, "answer": "2"}, {"problem": "2+2", "answer": ""},
+            {"problem": "  ", "answer": "3"}, {"problem": "3+3", "answer": "6"}]  # fmt: skip
+    with caplog.at_level(logging.WARNING, logger="edge_trl.data"):
+        prepared = prepare_math_dataset(Dataset.from_list(rows), template="plain")
+    assert [row["answer"] for row in prepared] == ["2", "6"]
+    assert "Dropping 3 of 5 rows with an empty or missing 'problem' or 'answer' (rows 1, 2, 3)" in caplog.text
 
 
 def test_loader_errors(tmp_path):

@@ -119,7 +119,7 @@ def test_trl_replays_the_first_epoch_order_after_an_epoch_boundary(runs: Path) -
 def test_resumable_sampler_orders_match_trl_and_survive_a_new_sampler() -> None:
     from trl.trainer.utils import RepeatSampler
 
-    from edge_trl.checkpointing import ResumableRepeatSampler
+    from edge_trl.checkpoints import ResumableRepeatSampler
 
     settings = {"data_source": range(10), "mini_repeat_count": 2, "batch_size": 3, "repeat_count": 2, "seed": 5}
     trl_sampler, ours = RepeatSampler(**settings), ResumableRepeatSampler(**settings)
