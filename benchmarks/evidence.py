@@ -72,6 +72,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "kl-cov": {"cov_mode": "kl_cov", "kl_cov_ratio": 0.02, "kl_cov_coef": 1.0},
 }
 PARTS = ("easy", "hard", "all")
+MIN_SEEDS = 3  # fewer paired seeds than this: no verdict
 GRADERS = ("box", "strict")
 KS = (1, 4, 16)
 SAMPLES = 16
@@ -155,6 +156,28 @@ class DiagnosedTrainer(EdgeGRPOTrainer):
         return super()._compute_loss(model, inputs)
 
 
+def start_collapse(model_dir: Path, seed: int, group_size: int = 8) -> dict[str, float]:
+    """Advantage collapse at the start, per difficulty: the expected share of GRPO groups of ``group_size`` responses
+    that are all wrong (no gradient) or all right, estimated from 16 samples per held-out problem without bias (the
+    chance that ``group_size`` of the 16 samples drawn without replacement are all wrong: C(16 - c, g) / C(16, g))."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    shares: dict[str, float] = {}
+    for part, rows in embedded.mixed_held_out_problems().items():
+        texts = embedded.sample_completions(
+            model, tokenizer, [q for q, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=MAX_COMPLETION
+        )
+        correct = [sum(grade(t, a, "box") for t in group) for group, (_, a) in zip(texts, rows, strict=True)]
+        total = math.comb(SAMPLES, group_size)
+        shares[f"{part} all-wrong share"] = statistics.fmean(
+            math.comb(SAMPLES - c, group_size) / total for c in correct
+        )
+        shares[f"{part} all-right share"] = statistics.fmean(math.comb(c, group_size) / total for c in correct)
+    return shares
+
+
 def warm_up(out: Path, seed: int, cli: argparse.Namespace) -> Path:
     path = out / "warmups" / f"seed-{seed}"
     info_path = out / "warmups" / f"seed-{seed}.json"
@@ -169,6 +192,7 @@ def warm_up(out: Path, seed: int, cli: argparse.Namespace) -> Path:
             log=lambda m: print(m, flush=True),
         )
         info["seconds"] = time.perf_counter() - begin
+        info.update(start_collapse(path, seed))
         info_path.write_text(json.dumps(info))
     return path
 
@@ -247,21 +271,28 @@ def log_mean(run: dict, key: str, first: float, last: float) -> float | None:
     return statistics.fmean(values[begin : max(math.ceil(last * len(values)), begin + 1)])
 
 
-def covariance_diagnostic(run: dict) -> dict[str, float]:
-    """Per-step covariance (logged before each update) against the entropy change that follows it.
+def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
+    """The covariance (logged before each update) against the entropy change that follows it.
 
     Cui et al. (arXiv 2505.22617, eq. of the entropy dynamics): under natural policy gradient with step eta, the
-    entropy change is dH ~ -eta * Cov(log pi, A). The logged entropy is measured on each step's own mini-batch, so
-    per-step dH is noisy; the run's correlation and the sum of -lr * Cov against the total entropy change are given.
+    entropy change is dH ~ -eta * Cov(log pi, A). The logged entropy is measured on each step's own mini-batch, so a
+    per-step dH is mostly batch noise: the run is cut into ``windows`` windows of equal length, and the mean Cov of
+    window w is set against the change of mean entropy from window w to w + 1 (their correlation). Also: the sum of
+    -lr * Cov over the run (the prediction with plain SGD's step; Adam's effective step differs) and the measured
+    total change of entropy (last 10% of steps - first 5%).
     """
     logs = [e for e in run["logs"] if "diag/cov" in e and "entropy" in e]
-    covs = [e["diag/cov"] for e in logs[:-1]]
-    changes = [b["entropy"] - a["entropy"] for a, b in itertools.pairwise(logs)]
+    size = max(1, len(logs) // windows)
+    chunks = [logs[i : i + size] for i in range(0, size * (len(logs) // size), size)]
+    covs = [statistics.fmean(e["diag/cov"] for e in c) for c in chunks]
+    entropies = [statistics.fmean(e["entropy"] for e in c) for c in chunks]
+    changes = [b - a for a, b in itertools.pairwise(entropies)]
+    covs = covs[: len(changes)]
     correlation = statistics.correlation(covs, changes) if len(covs) > 2 and statistics.pstdev(covs) > 0 else 0.0
     return {
-        "cov_mean": statistics.fmean(covs) if covs else 0.0,
+        "cov_mean": statistics.fmean(e["diag/cov"] for e in logs) if logs else 0.0,
         "corr_cov_dH": correlation,
-        "predicted_total_dH": -run["learning_rate"] * sum(covs),
+        "predicted_total_dH": -run["learning_rate"] * sum(e["diag/cov"] for e in logs),
         "measured_total_dH": (log_mean(run, "entropy", 0.9, 1.0) or 0.0) - (log_mean(run, "entropy", 0.0, 0.05) or 0.0),
     }
 
@@ -309,12 +340,12 @@ def paired_difference(table: dict, method: str, key: str, baseline: str = "grpo"
         for v in table["methods"][method]
         if v.get(key) is not None and base.get(v["seed"]) is not None
     ]
-    return bootstrap_ci(diffs) if diffs else None
+    return bootstrap_ci(diffs) if len(diffs) >= MIN_SEEDS else None
 
 
 def verdict(ci: tuple[float, float, float] | None, better: str = "higher") -> str:
     if ci is None:
-        return "not measured"
+        return f"not measured (< {MIN_SEEDS} seeds)"
     _, low, high = ci
     if (better == "higher" and low > 0) or (better == "lower" and high < 0):
         return "held"
@@ -332,7 +363,7 @@ def fmt(ci: tuple[float, float, float] | None, percent: bool = True) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
+def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[str, str]]:
     """Each claim with its verdict (held / not held / not significant) and the evidence, paired by seed."""
     rows: list[dict[str, str]] = []
     vanilla = table["methods"]["grpo"]
@@ -340,12 +371,17 @@ def claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
     def add(claim: str, ci: Any, evidence: str, better: str = "higher") -> None:
         rows.append({"claim": claim, "verdict": verdict(ci, better), "evidence": evidence})
 
-    start = summarise(vanilla, "collapsed share start")
-    rows.append({
-        "claim": "baseline: a large share (>= 50%) of GRPO groups is collapsed at the start",
-        "verdict": "held" if start and start[1] >= 0.5 else ("not held" if start and start[2] < 0.5 else "not significant"),
-        "evidence": f"collapsed share in the first 5% of steps {fmt(start)} %",
-    })  # fmt: skip
+    hard = [w["hard all-wrong share"] for w in warmups if "hard all-wrong share" in w]
+    if hard:
+        ci = bootstrap_ci(hard)
+        rows.append({
+            "claim": "baseline: most (>= 50%) GRPO groups of hard problems are all wrong (collapsed) at the start",
+            "verdict": "held" if ci[1] >= 0.5 else ("not held" if ci[2] < 0.5 else "not significant"),
+            "evidence": f"hard all-wrong share {fmt(ci)} % of groups of 8 (easy: "
+            f"{100 * statistics.fmean(w['easy all-wrong share'] for w in warmups):.1f}% all wrong, "
+            f"{100 * statistics.fmean(w['easy all-right share'] for w in warmups):.1f}% all right); logged collapsed "
+            f"share of GRPO's first 5% of steps, both parts: {fmt(summarise(vanilla, 'collapsed share start'))} %",
+        })  # fmt: skip
     entropy_change = bootstrap_ci([v["entropy final"] - v["entropy start"] for v in vanilla])
     add(
         "baseline: GRPO's entropy falls", entropy_change, f"entropy final - start {fmt(entropy_change, False)}", "lower"
@@ -381,10 +417,14 @@ def claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
         ci = paired_difference(table, method, "all/box/pass@16 at equal pass@1")
         add(f"{method} has higher pass@16 than GRPO at equal pass@1 (box, pass@1 = "
             f"{table['common_all_box_pass1']:.1%})", ci, f"pass@16 diff {fmt(ci)} points")  # fmt: skip
-    correlations = [v["cov corr_cov_dH"] for m in methods for v in table["methods"][m]]
-    ci = bootstrap_ci(correlations)
-    add("covariance predicts the entropy change (corr(Cov_t, dH_t) < 0, all runs)", ci,
-        f"correlation {fmt(ci, False)}", "lower")  # fmt: skip
+    every_run = [v for m in methods for v in table["methods"][m]]
+    ci = bootstrap_ci([v["cov corr_cov_dH"] for v in every_run])
+    pairs = [(v["cov cov_mean"], v["cov measured_total_dH"]) for v in every_run]
+    across = statistics.correlation(*zip(*pairs, strict=True)) if len(pairs) > 2 else float("nan")
+    add("covariance predicts the entropy change within a run (corr(Cov, next dH) < 0 over 10 windows, every run)",
+        ci if len(every_run) >= MIN_SEEDS else None,
+        f"mean within-run correlation {fmt(ci, False)}; across runs, corr(mean Cov, total dH) = {across:+.2f}",
+        "lower")  # fmt: skip
     return rows
 
 
@@ -437,7 +477,7 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
         "interval], percent.",
         "",
         "| method | seeds | hard pass@1 box | hard pass@1 strict | all pass@1 box | all pass@16 box | all pass@16 strict "
-        "| hard pass@1 box, equal time | entropy start -> final | collapsed share start | selected share |",
+        "| hard pass@1 box, equal time | entropy start -> final | logged collapsed share, start | selected share |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
@@ -476,8 +516,15 @@ def analyse(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
             runs[r["method"]].append(r)
     methods = [m for m in methods if runs[m]]
     table = metric_table(runs, methods)
-    claim_rows = claims(table, methods) if "grpo" in methods else []
-    warmups = [json.loads(p.read_text()) for p in sorted((out / "warmups").glob("seed-*.json"))]
+    warmups = []
+    for path in sorted((out / "warmups").glob("seed-*.json")):
+        info = json.loads(path.read_text())
+        if "hard all-wrong share" not in info and (out / "warmups" / path.stem / "config.json").exists():
+            info.update(start_collapse(out / "warmups" / path.stem, info["seed"]))  # a grid from before this measure
+            path.write_text(json.dumps(info))
+        if info["seed"] in seeds:
+            warmups.append(info)
+    claim_rows = claims(table, methods, warmups) if "grpo" in methods else []
     grid = json.loads((out / "grid.json").read_text()) if (out / "grid.json").exists() else {}
     summary = {"grid": grid, "warmups": warmups, "table": table, "claims": claim_rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
