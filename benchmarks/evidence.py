@@ -23,7 +23,7 @@ exists, so a killed grid resumes where it stopped. Runs are interleaved: seed-ma
 the seed, so every method sees the machine's load at every stage of the grid. ``--analyse-only`` rebuilds the tables,
 plots and claims from the saved runs.
 
-    python benchmarks/evidence.py                 # the full grid: 5 methods x 5 seeds, about 45-60 min on 2 cores
+    python benchmarks/evidence.py                 # the full grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, 2 methods x 2 seeds, about 1 min
 """
 
@@ -467,7 +467,7 @@ def plot(runs: dict[str, list[dict]], methods: list[str], path: Path) -> None:
         axis.legend(fontsize=7)
     figure.suptitle("one line per seed")
     figure.tight_layout()
-    figure.savefig(path, dpi=90)
+    figure.savefig(path, dpi=72)
     plt.close(figure)
 
 

@@ -126,7 +126,7 @@ def mixed_held_out_problems(num_per_difficulty: int = 64) -> dict[str, list[tupl
 
 
 def mixed_warm_up(
-    out: Path, seed: int, *, hard_share: float = 0.5, target: float = 0.02, check_every: int = 50,
+    out: Path, seed: int, *, hard_share: float = 0.5, target: float = 0.03, check_every: int = 50,
     min_steps: int = 150, max_steps: int = 1500, log: Any = print,
 ) -> dict:  # fmt: skip
     """Continue the shipped adder's supervised warm-up on the mixed task until the hard part's sampled accuracy
