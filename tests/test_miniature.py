@@ -79,8 +79,11 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     for rows in table.values():
         for key in ("final hard/box/pass@1", "equal-time hard/strict/pass@1", "final all/box/pass@16", "entropy final"):
             assert all(row[key] is not None for row in rows), key
-    verdicts = {c["verdict"] for c in summary["claims"]}
-    assert verdicts <= {"held", "not held", "not significant", "not held (opposite, significant)"}
+    verdicts = {c["claim"]: c["verdict"] for c in summary["claims"]}
+    real = {"held", "not held", "not significant", "not held (opposite, significant)"}
+    assert all(v in real for claim, v in verdicts.items() if claim.startswith("baseline")), verdicts
+    # Method-vs-GRPO comparisons need 3 paired seeds: with 2, no verdict rather than a meaningless interval.
+    assert all(v == "not measured (< 3 seeds)" for claim, v in verdicts.items() if "than GRPO" in claim), verdicts
     names = " ".join(c["claim"] for c in summary["claims"])
     for method in ("gec", "edge", "clip-cov", "kl-cov"):
         assert method in names
