@@ -89,6 +89,115 @@ def addition_dataset(
     return Dataset.from_list(rows)
 
 
+# The mixed-difficulty task of the evidence benchmark (benchmarks/evidence.py): "easy" is the embedded task (operands
+# 0-99, what the shipped model learned), "hard" has two 3-digit operands (100-999, 3 column additions, the 4-digit
+# sums need a final carry); the model never saw those before its warm-up.
+DIFFICULTIES: dict[str, tuple[int, int]] = {"easy": (0, 99), "hard": (100, 999)}
+
+
+def mixed_addition_problem(rng: random.Random, difficulty: str) -> tuple[str, str]:
+    """One (prompt, answer) pair of the given difficulty (a key of ``DIFFICULTIES``), e.g. ``("123+456=", "579")``."""
+    low, high = DIFFICULTIES[difficulty]
+    a, b = rng.randint(low, high), rng.randint(low, high)
+    return EMBEDDED_TEMPLATE.format(a=a, b=b), str(a + b)
+
+
+def mixed_addition_dataset(num: int, seed: int = 0, hard_share: float = 0.5) -> Any:
+    """``num`` problems, a share ``hard_share`` of them hard, with columns prompt, answer, difficulty and solution.
+
+    The solution (GEC's solution branch) is the reference completion ``\\boxed{sum}``: with one token per character
+    and completions of at most 14 tokens, a worked solution would be longer than anything the model writes.
+    """
+    from datasets import Dataset
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(num):
+        difficulty = "hard" if rng.random() < hard_share else "easy"
+        prompt, answer = mixed_addition_problem(rng, difficulty)
+        rows.append({"prompt": prompt, "answer": answer, "difficulty": difficulty, "solution": f"\\boxed{{{answer}}}"})
+    return Dataset.from_list(rows)
+
+
+def mixed_held_out_problems(num_per_difficulty: int = 64) -> dict[str, list[tuple[str, str]]]:
+    """Evaluation problems of each difficulty, drawn from a seed no training set uses."""
+    rng = random.Random(20_000_003)
+    return {d: [mixed_addition_problem(rng, d) for _ in range(num_per_difficulty)] for d in DIFFICULTIES}
+
+
+def mixed_warm_up(
+    out: Path, seed: int, *, hard_share: float = 0.5, target: float = 0.03, check_every: int = 50,
+    min_steps: int = 150, max_steps: int = 1500, log: Any = print,
+) -> dict:  # fmt: skip
+    """Continue the shipped adder's supervised warm-up on the mixed task until the hard part's sampled accuracy
+    (pass@1 over 16 samples of 64 held-out hard problems) reaches ``target``, then save it to ``out``.
+
+    ``seed`` varies the warm-up data, its order and so the stopping step: each seed gives a different starting
+    model with a low but non-zero sampled accuracy on the hard part, where most GRPO groups are all wrong.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(ASSET_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(ASSET_DIR)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    rng = random.Random(1_000 + seed)
+    hard = mixed_held_out_problems()["hard"]
+
+    def problem(r: random.Random) -> tuple[str, str]:
+        return mixed_addition_problem(r, "hard" if r.random() < hard_share else "easy")
+
+    model.train()
+    for step in range(1, max_steps + 1):
+        _supervised_step(model, tokenizer, optimizer, rng, problem=problem)
+        if step >= min_steps and step % check_every == 0:
+            sampled = sampled_pass_rate(model, tokenizer, hard, samples=16, seed=seed)
+            log(f"warm-up seed {seed} step {step}: hard sampled accuracy {sampled:.1%}")
+            if sampled >= target:
+                out.mkdir(parents=True, exist_ok=True)
+                model.save_pretrained(out)
+                tokenizer.save_pretrained(out)
+                return {"seed": seed, "step": step, "hard_sampled": sampled}
+    raise RuntimeError(
+        f"the mixed warm-up (seed {seed}) did not reach {target:.0%} on the hard part in {max_steps} steps"
+    )
+
+
+def sample_completions(
+    model: Any, tokenizer: Any, prompts: list[str], *, samples: int, seed: int, max_new_tokens: int = 14
+) -> list[list[str]]:
+    """``samples`` completions per prompt at temperature 1 (one batched ``generate``), as decoded texts."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    encoded = tokenizer(prompts, return_tensors="pt", padding=True).to(model.device)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            **encoded, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=None, top_p=None,
+            num_return_sequences=samples, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+    model.train(was_training)
+    texts = tokenizer.batch_decode(out[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+
+
+def sampled_pass_rate(model: Any, tokenizer: Any, problems: list[tuple[str, str]], samples: int, seed: int) -> float:
+    """Share of correct sampled completions (strict: exactly ``\\boxed{answer}``), ``samples`` per problem."""
+    from edge_trl.rewards import boxed_answer_matches
+
+    texts = sample_completions(model, tokenizer, [p for p, _ in problems], samples=samples, seed=seed)
+    hits = [
+        boxed_answer_matches(t, a, whole_text=True)
+        for group, (_, a) in zip(texts, problems, strict=True)
+        for t in group
+    ]
+    return sum(hits) / len(hits)
+
+
 def held_out_problems(num: int = 300) -> list[tuple[str, str]]:
     """Evaluation problems, drawn from a seed no training set uses."""
     rng = random.Random(10_000_019)
@@ -161,11 +270,14 @@ def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000
     raise RuntimeError(f"the warm-up did not reach {target:.0%} sampled accuracy in {max_steps} steps")
 
 
-def _supervised_step(model: Any, tokenizer: Any, optimizer: Any, rng: random.Random, batch: int = 64) -> Any:
-    """One cross-entropy step on ``batch`` fresh problems (loss on the completion ``\\boxed{answer}`` + EOS only)."""
+def _supervised_step(
+    model: Any, tokenizer: Any, optimizer: Any, rng: random.Random, batch: int = 64, problem: Any = addition_problem
+) -> Any:
+    """One cross-entropy step on ``batch`` fresh problems drawn by ``problem(rng)`` (the embedded task by default;
+    loss on the completion ``\\boxed{answer}`` + EOS only)."""
     import torch
 
-    rows = [addition_problem(rng) for _ in range(batch)]
+    rows = [problem(rng) for _ in range(batch)]
     prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
     targets = [tokenizer(f"\\boxed{{{a}}}")["input_ids"] + [tokenizer.eos_token_id] for _, a in rows]
     length = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))

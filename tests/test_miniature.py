@@ -40,3 +40,66 @@ def test_supervised_control_runs_for_the_given_time():
     result = supervised_control(seconds=2.0)
     assert 2.0 <= time.perf_counter() - start < 30
     assert result["steps"] > 0 and 0.0 <= result["greedy"] <= 1.0 and 0.0 <= result["sampled"] <= 1.0
+
+
+EVIDENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "evidence.py"
+
+
+@pytest.mark.slow
+def test_evidence_smoke_produces_every_column(tmp_path):
+    """The evidence grid at smoke scale (every method, 2 seeds, 4 steps): every column, table row, claim and plot is
+    produced (the pipeline, not the science)."""
+    spec = importlib.util.spec_from_file_location("evidence", EVIDENCE)
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    out = tmp_path / "evidence"
+    summary = evidence.main(["--smoke", "--seeds", "0", "1", "--out", str(out)])
+
+    runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in evidence.METHODS for s in (0, 1))
+    for r in runs:
+        assert [p["step"] for p in r["evals"]] == [0, 2, 4]
+        for point in r["evals"]:
+            assert set(evidence.EVAL_COLUMNS) <= set(point) and {"train_s", "load1"} <= set(point)
+            assert all(0.0 <= point[c] <= 1.0 for c in evidence.EVAL_COLUMNS)
+        logged = {k for e in r["logs"] for k in e}
+        assert {"entropy", "reward", "edge/collapsed_group_share", "diag/cov"} <= logged, r["method"]
+        expected = {
+            "gec": {"gec/corrected_share", "gec/collapsed_group_share_before"},
+            "edge": {"gec/corrected_share"},
+            "clip-cov": {"edge/clip_cov_selected_share"},
+            "kl-cov": {"edge/kl_cov_selected_share", "edge/kl_cov_penalty"},
+        }.get(r["method"], set())
+        assert expected <= logged, r["method"]
+    # The warm-up of each seed is saved once and shared by the methods; a second call resumes without rerunning.
+    assert sorted(p.name for p in (out / "warmups").glob("seed-*.json")) == ["seed-0.json", "seed-1.json"]
+
+    table = summary["table"]["methods"]
+    assert set(table) == set(evidence.METHODS) and all(len(rows) == 2 for rows in table.values())
+    for rows in table.values():
+        for key in ("final hard/box/pass@1", "equal-time hard/strict/pass@1", "final all/box/pass@16", "entropy final"):
+            assert all(row[key] is not None for row in rows), key
+    verdicts = {c["claim"]: c["verdict"] for c in summary["claims"]}
+    real = {"held", "not held", "not significant", "not held (opposite, significant)"}
+    assert all(v in real for claim, v in verdicts.items() if claim.startswith("baseline")), verdicts
+    # Method-vs-GRPO comparisons need 3 paired seeds: with 2, no verdict rather than a meaningless interval.
+    assert all(v == "not measured (< 3 seeds)" for claim, v in verdicts.items() if "than GRPO" in claim), verdicts
+    names = " ".join(c["claim"] for c in summary["claims"])
+    for method in ("gec", "edge", "clip-cov", "kl-cov"):
+        assert method in names
+    markdown = (out / "table.md").read_text()
+    assert all(f"| {m} |" in markdown for m in evidence.METHODS) and "corr(Cov_t, dH_t)" in markdown
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pass_at_k_and_bootstrap():
+    spec = importlib.util.spec_from_file_location("evidence", EVIDENCE)
+    evidence = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evidence)
+    assert evidence.pass_at_k(16, 0, 16) == 0.0 and evidence.pass_at_k(16, 1, 16) == 1.0
+    assert evidence.pass_at_k(16, 4, 1) == pytest.approx(0.25)
+    assert evidence.pass_at_k(16, 1, 4) == pytest.approx(0.25)  # one correct of 16: in a random 4-subset 1/4 of times
+    mean, low, high = evidence.bootstrap_ci([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert mean == 3.0 and 1.0 <= low < 3.0 < high <= 5.0
+    assert evidence.verdict((0.1, 0.05, 0.2)) == "held" and evidence.verdict((0.1, -0.05, 0.2)) == "not significant"
+    assert evidence.verdict((-0.1, -0.2, -0.05), better="lower") == "held"

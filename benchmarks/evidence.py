@@ -1,0 +1,591 @@
+"""Evidence benchmark (issue 13): does each method fix the problem its paper names, where that problem occurs?
+
+A mixed-difficulty addition task on CPU (``edge_trl.embedded.mixed_addition_dataset``): half the prompts are the
+embedded 2-digit task, half have two 3-digit operands. For every seed, a warm-up continues the shipped adder's
+supervised training on the mix until its sampled accuracy on the hard part reaches 3% (``embedded.mixed_warm_up``),
+so most hard groups of 8 responses are all wrong at the start (advantage collapse). Then five methods train from that
+same warm-up with the same data and the same rollout schedule, the one of the authors' recipes scaled down: each
+rollout of 16 prompts x 8 responses is cut into 4 optimizer mini-batches (``steps_per_generation=4``), so training is
+off-policy after the first mini-batch, where KL-Cov acts:
+
+* ``grpo``: TRL's GRPO (token-mean loss, PPO clip 0.2, no KL);
+* ``gec``: Guided Error Correction (EDGE-GRPO's three branches, short cue for a char-level model);
+* ``edge``: EDA + GEC (EDGE-GRPO);
+* ``clip-cov``: Clip-Cov with the authors' PPO clip of 1;
+* ``kl-cov``: KL-Cov, the authors' unclipped loss, coefficient 1.
+
+Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
+hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
+reward trains) and ``strict`` (the completion is exactly ``\\boxed{answer}``). Training time excludes evaluation.
+
+Every (method, seed) run is written to ``<out>/runs/<method>-<seed>.json`` as soon as it ends and skipped when it
+exists, so a killed grid resumes where it stopped. Runs are interleaved: seed-major, the method order rotating with
+the seed, so every method sees the machine's load at every stage of the grid. ``--analyse-only`` rebuilds the tables,
+plots and claims from the saved runs.
+
+    python benchmarks/evidence.py                 # the full grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
+    python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, 2 methods x 2 seeds, about 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, TrainerCallback
+
+from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
+from edge_trl.core_algos import token_covariance
+from edge_trl.rewards import boxed_answer_matches, boxed_answer_reward, last_boxed
+from edge_trl.testing import quiet
+
+# GEC's texts, shortened: with one token per character the paper's cue is 31 tokens and its answer sentence 85.
+SHORT_GEC = {
+    "gec_reflection_cue": " Wait!",
+    "gec_answer_template": " Wait! \\boxed{{answer}}",
+    "gec_max_new_tokens": 16,
+}
+# The papers' token shares (Clip-Cov 2e-4, KL-Cov 2e-3) give k = max(1, int(ratio * n)) = 1 token of the ~400 of a
+# mini-batch here (0.25%); the shares below are scaled up (to 1% and 2%) so that the methods act on a few tokens per
+# mini-batch. Clip-Cov's covariance bounds (1, 5) are set for a 7B model's covariances; here every token with a
+# positive covariance is a candidate and the ratio alone selects. The selected share is measured and reported.
+METHODS: dict[str, dict[str, Any]] = {
+    "grpo": {},
+    "gec": {"gec": True, **SHORT_GEC},
+    "edge": {"eda": True, "gec": True, **SHORT_GEC},
+    "clip-cov": {
+        "cov_mode": "clip_cov",
+        "epsilon": 1.0,
+        "clip_cov_ratio": 0.01,
+        "clip_cov_lb": 0.0,
+        "clip_cov_ub": 1e9,
+    },
+    "kl-cov": {"cov_mode": "kl_cov", "kl_cov_ratio": 0.02, "kl_cov_coef": 1.0},
+}
+PARTS = ("easy", "hard", "all")
+MIN_SEEDS = 3  # fewer paired seeds than this: no verdict
+GRADERS = ("box", "strict")
+KS = (1, 4, 16)
+SAMPLES = 16
+MAX_COMPLETION = 14  # "\boxed{1998}" + EOS = 13 tokens
+EVAL_COLUMNS = [f"{part}/{grader}/pass@{k}" for part in PARTS for grader in GRADERS for k in KS]
+LOG_COLUMNS = [
+    "reward", "entropy", "edge/collapsed_group_share", "diag/cov", "edge/cov_mean", "edge/cov_selected_mean",
+    "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
+    "gec/collapsed_group_share_before", "gec/collapsed_group_share_after",
+]  # fmt: skip
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n - c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def grade(text: str, answer: str, grader: str) -> bool:
+    if grader == "strict":
+        return boxed_answer_matches(text, answer, whole_text=True)
+    return last_boxed(text) == answer
+
+
+def evaluate(model: Any, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], seed: int) -> dict[str, float]:
+    """Held-out pass@k of every part and grader, from ``SAMPLES`` samples per problem."""
+    values: dict[str, float] = {}
+    for part, rows in problems.items():
+        texts = embedded.sample_completions(
+            model, tokenizer, [p for p, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=MAX_COMPLETION
+        )
+        for grader in GRADERS:
+            correct = [sum(grade(t, a, grader) for t in group) for group, (_, a) in zip(texts, rows, strict=True)]
+            for k in KS:
+                values[f"{part}/{grader}/pass@{k}"] = statistics.fmean(pass_at_k(SAMPLES, c, k) for c in correct)
+    for grader in GRADERS:  # equal numbers of easy and hard problems: "all" is their mean
+        for k in KS:
+            key = f"{grader}/pass@{k}"
+            values[f"all/{key}"] = statistics.fmean(values[f"{part}/{key}"] for part in problems)
+    return values
+
+
+class HeldOutPassAtK(TrainerCallback):
+    """Measures held-out pass@k at step 0, every ``every`` steps and at the end, with the training seconds so far
+    (wall time minus the time of these evaluations) and the machine's 1-minute load average."""
+
+    def __init__(self, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], every: int, seed: int) -> None:
+        self.tokenizer, self.problems, self.every, self.seed = tokenizer, problems, every, seed
+        self.points: list[dict[str, float]] = []
+        self.start = self.eval_seconds = 0.0
+
+    def _measure(self, state: Any, model: Any) -> None:
+        begin = time.perf_counter()
+        # The same sampling seed for every method at a given step and run seed: common random numbers.
+        point = evaluate(model, self.tokenizer, self.problems, seed=self.seed * 100_003 + state.global_step)
+        point.update(step=state.global_step, train_s=begin - self.start - self.eval_seconds, load1=os.getloadavg()[0])
+        self.points.append(point)
+        self.eval_seconds += time.perf_counter() - begin
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.start = time.perf_counter()
+        self._measure(state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._measure(state, model)
+
+
+class DiagnosedTrainer(EdgeGRPOTrainer):
+    """EdgeGRPOTrainer that logs ``diag/cov``, the covariance of log pi and A over the mini-batch's valid tokens
+    (``core_algos.token_covariance``) at the rollout policy (TRL's old log-probs), the same way for every method, so
+    vanilla, GEC and EDGE get the entropy-change predictor too (``edge/cov_mean`` exists only with a cov_mode)."""
+
+    def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+        old_logps = inputs.get("old_per_token_logps")
+        if old_logps is not None:  # always there here: steps_per_generation > 1 makes TRL compute them
+            mask = inputs["completion_mask"]
+            cov = token_covariance(inputs["advantages"], old_logps, mask)
+            self._metrics["train"]["diag/cov"].append((cov.sum() / mask.sum().clamp(min=1)).item())
+        return super()._compute_loss(model, inputs)
+
+
+def start_collapse(model_dir: Path, seed: int, group_size: int = 8) -> dict[str, float]:
+    """Advantage collapse at the start, per difficulty: the expected share of GRPO groups of ``group_size`` responses
+    that are all wrong (no gradient) or all right, estimated from 16 samples per held-out problem without bias (the
+    chance that ``group_size`` of the 16 samples drawn without replacement are all wrong: C(16 - c, g) / C(16, g))."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    shares: dict[str, float] = {}
+    for part, rows in embedded.mixed_held_out_problems().items():
+        texts = embedded.sample_completions(
+            model, tokenizer, [q for q, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=MAX_COMPLETION
+        )
+        correct = [sum(grade(t, a, "box") for t in group) for group, (_, a) in zip(texts, rows, strict=True)]
+        total = math.comb(SAMPLES, group_size)
+        shares[f"{part} all-wrong share"] = statistics.fmean(
+            math.comb(SAMPLES - c, group_size) / total for c in correct
+        )
+        shares[f"{part} all-right share"] = statistics.fmean(math.comb(c, group_size) / total for c in correct)
+    return shares
+
+
+def warm_up(out: Path, seed: int, cli: argparse.Namespace) -> Path:
+    path = out / "warmups" / f"seed-{seed}"
+    info_path = out / "warmups" / f"seed-{seed}.json"
+    if not (path / "config.json").exists():
+        begin = time.perf_counter()
+        info = embedded.mixed_warm_up(
+            path,
+            seed,
+            target=cli.warmup_target,
+            min_steps=cli.warmup_min_steps,
+            check_every=cli.warmup_check_every,
+            log=lambda m: print(m, flush=True),
+        )
+        info["seconds"] = time.perf_counter() - begin
+        info.update(start_collapse(path, seed))
+        info_path.write_text(json.dumps(info))
+    return path
+
+
+def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dict[str, Any]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    args = EdgeGRPOConfig(
+        output_dir=str(cli.out / "tmp" / f"{method}-{seed}"), use_cpu=True, bf16=False, report_to="none",
+        per_device_train_batch_size=cli.batch_size, steps_per_generation=cli.steps_per_generation, num_generations=8,
+        learning_rate=cli.learning_rate, max_completion_length=MAX_COMPLETION, max_steps=cli.steps, beta=0.0,
+        temperature=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=True, **METHODS[method],
+    )  # fmt: skip
+    problems = embedded.mixed_held_out_problems(cli.eval_problems)
+    held_out = HeldOutPassAtK(tokenizer, problems, cli.eval_every, seed)
+    prompts_needed = cli.steps * cli.batch_size // 8 + 64
+    trainer = DiagnosedTrainer(
+        str(model_dir), reward_funcs=boxed_answer_reward, args=args, processing_class=tokenizer,
+        train_dataset=embedded.mixed_addition_dataset(prompts_needed, seed=seed), callbacks=[held_out],
+    )  # fmt: skip
+    begin = time.perf_counter()
+    quiet(trainer).train()
+    wall = time.perf_counter() - begin
+    logs = [
+        {"step": e["step"], **{k: e[k] for k in LOG_COLUMNS if k in e}}
+        for e in trainer.state.log_history
+        if "step" in e and "entropy" in e
+    ]
+    return {
+        "method": method, "seed": seed, "wall_s": wall, "train_s": wall - held_out.eval_seconds,
+        "learning_rate": cli.learning_rate, "evals": held_out.points, "logs": logs,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------- statistics
+
+
+def bootstrap_ci(values: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% percentile-bootstrap interval of the mean."""
+    rng = random.Random(seed)
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return mean, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def significance(ci: tuple[float, float, float]) -> str:
+    _, low, high = ci
+    return "significant" if low > 0 or high < 0 else "not significant"
+
+
+def interpolate(xs: list[float], ys: list[float], x: float) -> float | None:
+    """y at x, linear between the points of (xs ascending); None outside their range."""
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys, strict=True), zip(xs[1:], ys[1:], strict=True), strict=False):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[0] if xs and x == xs[0] else None
+
+
+def at_level(run: dict, level_key: str, level: float, key: str) -> float | None:
+    """``key`` where ``level_key`` first reaches ``level`` along the run (linear between evaluations)."""
+    points = run["evals"]
+    for before, after in itertools.pairwise(points):
+        if before[level_key] <= level <= after[level_key] and after[level_key] > before[level_key]:
+            t = (level - before[level_key]) / (after[level_key] - before[level_key])
+            return before[key] + t * (after[key] - before[key])
+    return points[0][key] if points[0][level_key] >= level else None
+
+
+def log_mean(run: dict, key: str, first: float, last: float) -> float | None:
+    """Mean of a logged metric over the fraction [first, last) of its logged steps (at least one step)."""
+    values = [e[key] for e in run["logs"] if key in e]
+    if not values:
+        return None
+    begin = min(int(first * len(values)), len(values) - 1)
+    return statistics.fmean(values[begin : max(math.ceil(last * len(values)), begin + 1)])
+
+
+def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
+    """The covariance (logged before each update) against the entropy change that follows it.
+
+    Cui et al. (arXiv 2505.22617, eq. of the entropy dynamics): under natural policy gradient with step eta, the
+    entropy change is dH ~ -eta * Cov(log pi, A). The logged entropy is measured on each step's own mini-batch, so a
+    per-step dH is mostly batch noise: the run is cut into ``windows`` windows of equal length, and the mean Cov of
+    window w is set against the change of mean entropy from window w to w + 1 (their correlation). Also: the sum of
+    -lr * Cov over the run (the prediction with plain SGD's step; Adam's effective step differs) and the measured
+    total change of entropy (last 10% of steps - first 5%).
+    """
+    logs = [e for e in run["logs"] if "diag/cov" in e and "entropy" in e]
+    size = max(1, len(logs) // windows)
+    chunks = [logs[i : i + size] for i in range(0, size * (len(logs) // size), size)]
+    covs = [statistics.fmean(e["diag/cov"] for e in c) for c in chunks]
+    entropies = [statistics.fmean(e["entropy"] for e in c) for c in chunks]
+    changes = [b - a for a, b in itertools.pairwise(entropies)]
+    covs = covs[: len(changes)]
+    correlation = statistics.correlation(covs, changes) if len(covs) > 2 and statistics.pstdev(covs) > 0 else 0.0
+    return {
+        "cov_mean": statistics.fmean(e["diag/cov"] for e in logs) if logs else 0.0,
+        "corr_cov_dH": correlation,
+        "predicted_total_dH": -run["learning_rate"] * sum(e["diag/cov"] for e in logs),
+        "measured_total_dH": (log_mean(run, "entropy", 0.9, 1.0) or 0.0) - (log_mean(run, "entropy", 0.0, 0.05) or 0.0),
+    }
+
+
+def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, Any]:
+    """Per-method values of every run, at equal steps (the last evaluation) and at equal training time (the
+    shortest run's training time, linear between evaluations), plus the start."""
+    common_time = min(r["evals"][-1]["train_s"] for rs in runs.values() for r in rs)
+    common_pass1 = min(max(p["all/box/pass@1"] for p in r["evals"]) for rs in runs.values() for r in rs)
+    table: dict[str, Any] = {"common_train_s": common_time, "common_all_box_pass1": common_pass1, "methods": {}}
+    for method in methods:
+        per_run = []
+        for r in sorted(runs[method], key=lambda r: r["seed"]):
+            times = [p["train_s"] for p in r["evals"]]
+            values = {"seed": r["seed"], "train_s": r["train_s"], "wall_s": r["wall_s"]}
+            for key in EVAL_COLUMNS:
+                values[f"start {key}"] = r["evals"][0][key]
+                values[f"final {key}"] = r["evals"][-1][key]
+                values[f"equal-time {key}"] = interpolate(times, [p[key] for p in r["evals"]], common_time)
+            values["all/box/pass@16 at equal pass@1"] = at_level(r, "all/box/pass@1", common_pass1, "all/box/pass@16")
+            values["entropy start"] = log_mean(r, "entropy", 0.0, 0.05)
+            values["entropy final"] = log_mean(r, "entropy", 0.9, 1.0)
+            values["collapsed share start"] = log_mean(r, "edge/collapsed_group_share", 0.0, 0.05)
+            values["collapsed share final"] = log_mean(r, "edge/collapsed_group_share", 0.9, 1.0)
+            values["collapsed share before GEC start"] = log_mean(r, "gec/collapsed_group_share_before", 0.0, 0.05)
+            for key in ("edge/clip_cov_selected_share", "edge/kl_cov_selected_share"):
+                values[key] = log_mean(r, key, 0.0, 1.0)
+            values.update({f"cov {k}": v for k, v in covariance_diagnostic(r).items()})
+            values["mean load1"] = statistics.fmean(p["load1"] for p in r["evals"])
+            per_run.append(values)
+        table["methods"][method] = per_run
+    return table
+
+
+def summarise(per_run: list[dict], key: str) -> tuple[float, float, float] | None:
+    values = [v[key] for v in per_run if v.get(key) is not None]
+    return bootstrap_ci(values) if values else None
+
+
+def paired_difference(table: dict, method: str, key: str, baseline: str = "grpo") -> tuple[float, float, float] | None:
+    """Mean and bootstrap CI of (method - baseline) over the seeds both have: same warm-up, same data."""
+    base = {v["seed"]: v.get(key) for v in table["methods"][baseline]}
+    diffs = [
+        v[key] - base[v["seed"]]
+        for v in table["methods"][method]
+        if v.get(key) is not None and base.get(v["seed"]) is not None
+    ]
+    return bootstrap_ci(diffs) if len(diffs) >= MIN_SEEDS else None
+
+
+def verdict(ci: tuple[float, float, float] | None, better: str = "higher") -> str:
+    if ci is None:
+        return f"not measured (< {MIN_SEEDS} seeds)"
+    _, low, high = ci
+    if (better == "higher" and low > 0) or (better == "lower" and high < 0):
+        return "held"
+    if (better == "higher" and high < 0) or (better == "lower" and low > 0):
+        return "not held (opposite, significant)"
+    return "not significant"
+
+
+def fmt(ci: tuple[float, float, float] | None, percent: bool = True) -> str:
+    if ci is None:
+        return "n/a"
+    mean, low, high = ci
+    if percent:
+        return f"{100 * mean:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[str, str]]:
+    """Each claim with its verdict (held / not held / not significant) and the evidence, paired by seed."""
+    rows: list[dict[str, str]] = []
+    vanilla = table["methods"]["grpo"]
+
+    def add(claim: str, ci: Any, evidence: str, better: str = "higher") -> None:
+        rows.append({"claim": claim, "verdict": verdict(ci, better), "evidence": evidence})
+
+    hard = [w["hard all-wrong share"] for w in warmups if "hard all-wrong share" in w]
+    if hard:
+        ci = bootstrap_ci(hard)
+        rows.append({
+            "claim": "baseline: most (>= 50%) GRPO groups of hard problems are all wrong (collapsed) at the start",
+            "verdict": "held" if ci[1] >= 0.5 else ("not held" if ci[2] < 0.5 else "not significant"),
+            "evidence": f"hard all-wrong share {fmt(ci)} % of groups of 8 (easy: "
+            f"{100 * statistics.fmean(w['easy all-wrong share'] for w in warmups):.1f}% all wrong, "
+            f"{100 * statistics.fmean(w['easy all-right share'] for w in warmups):.1f}% all right); logged collapsed "
+            f"share of GRPO's first 5% of steps, both parts: {fmt(summarise(vanilla, 'collapsed share start'))} %",
+        })  # fmt: skip
+    entropy_change = bootstrap_ci([v["entropy final"] - v["entropy start"] for v in vanilla])
+    add(
+        "baseline: GRPO's entropy falls", entropy_change, f"entropy final - start {fmt(entropy_change, False)}", "lower"
+    )
+    for grader in GRADERS:
+        d1 = bootstrap_ci([v[f"final all/{grader}/pass@1"] - v[f"start all/{grader}/pass@1"] for v in vanilla])
+        d16 = bootstrap_ci([v[f"final all/{grader}/pass@16"] - v[f"start all/{grader}/pass@16"] for v in vanilla])
+        stalls = d1[1] > 0 and (d16[2] < d1[1] or d16[0] <= 0)
+        rows.append({
+            "claim": f"baseline ({grader}): GRPO's pass@16 falls or stalls while its pass@1 rises",
+            "verdict": "held" if stalls else ("not held" if d1[1] > 0 else "not significant"),
+            "evidence": f"pass@1 change {fmt(d1)} points, pass@16 change {fmt(d16)} points",
+        })  # fmt: skip
+    for method in ("gec", "edge"):
+        if method not in methods:
+            continue
+        for grader in GRADERS:
+            for when in ("final", "equal-time"):
+                key = f"{when} hard/{grader}/pass@1"
+                ci = paired_difference(table, method, key)
+                label = "per step (equal steps)" if when == "final" else "per second (equal training time)"
+                add(f"{method} learns the hard part faster than GRPO, {label}, {grader}", ci,
+                    f"hard pass@1 {method} - grpo {fmt(ci)} points")  # fmt: skip
+    for method in ("clip-cov", "kl-cov"):
+        if method not in methods:
+            continue
+        ci = paired_difference(table, method, "entropy final")
+        add(f"{method} keeps entropy higher than GRPO (equal steps)", ci, f"final entropy diff {fmt(ci, False)}")
+        for grader in GRADERS:
+            ci = paired_difference(table, method, f"final all/{grader}/pass@16")
+            add(f"{method} keeps pass@16 higher than GRPO (equal steps, {grader})", ci,
+                f"final pass@16 diff {fmt(ci)} points")  # fmt: skip
+        ci = paired_difference(table, method, "all/box/pass@16 at equal pass@1")
+        add(f"{method} has higher pass@16 than GRPO at equal pass@1 (box, pass@1 = "
+            f"{table['common_all_box_pass1']:.1%})", ci, f"pass@16 diff {fmt(ci)} points")  # fmt: skip
+    every_run = [v for m in methods for v in table["methods"][m]]
+    ci = bootstrap_ci([v["cov corr_cov_dH"] for v in every_run])
+    pairs = [(v["cov cov_mean"], v["cov measured_total_dH"]) for v in every_run]
+    across = statistics.correlation(*zip(*pairs, strict=True)) if len(pairs) > 2 else float("nan")
+    add("covariance predicts the entropy change within a run (corr(Cov, next dH) < 0 over 10 windows, every run)",
+        ci if len(every_run) >= MIN_SEEDS else None,
+        f"mean within-run correlation {fmt(ci, False)}; across runs, corr(mean Cov, total dH) = {across:+.2f}",
+        "lower")  # fmt: skip
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------- outputs
+
+
+def plot(runs: dict[str, list[dict]], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("hard pass@1 (box)", "hard/box/pass@1", "step"), ("hard pass@1 (strict)", "hard/strict/pass@1", "step"),
+        ("hard pass@1 (box) vs training seconds", "hard/box/pass@1", "train_s"),
+        ("all pass@16 (box)", "all/box/pass@16", "step"), ("all pass@1 (box)", "all/box/pass@1", "step"),
+        ("pass@16 vs pass@1 (all, box)", "all/box/pass@16", "all/box/pass@1"),
+        ("entropy (logged, per step)", "entropy", "log"), ("collapsed-group share", "edge/collapsed_group_share", "log"),
+    ]  # fmt: skip
+    figure, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    for axis, (title, key, x) in zip(axes.flat, panels, strict=True):
+        for index, method in enumerate(methods):
+            color = f"C{index}"
+            for r in runs[method]:
+                if x == "log":
+                    points = [(e["step"], e[key]) for e in r["logs"] if key in e]
+                    width = max(1, len(points) // 20)  # a moving mean: per-step values are noisy
+                    xs = [p[0] for p in points][width - 1 :]
+                    ys = [
+                        statistics.fmean(p[1] for p in points[i - width + 1 : i + 1])
+                        for i in range(width - 1, len(points))
+                    ]
+                else:
+                    xs = [p[x] for p in r["evals"]]
+                    ys = [p[key] for p in r["evals"]]
+                axis.plot(xs, ys, color=color, alpha=0.8, linewidth=1.0, label=method if r is runs[method][0] else None)
+        axis.set_title(title)
+        axis.set_xlabel({"log": "step"}.get(x, x))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    figure.suptitle("one line per seed")
+    figure.tight_layout()
+    figure.savefig(path, dpi=72)
+    plt.close(figure)
+
+
+def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) -> str:
+    lines = [
+        f"Equal training time: {table['common_train_s']:.0f} s (the shortest run). Mean over seeds [95% bootstrap "
+        "interval], percent.",
+        "",
+        "| method | seeds | hard pass@1 box | hard pass@1 strict | all pass@1 box | all pass@16 box | all pass@16 strict "
+        "| hard pass@1 box, equal time | entropy start -> final | logged collapsed share, start | selected share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        rows = table["methods"][method]
+
+        def cell(key: str, rows: list[dict] = rows) -> str:
+            ci = summarise(rows, key)
+            return "n/a" if ci is None else f"{100 * ci[0]:.1f} [{100 * ci[1]:.1f}, {100 * ci[2]:.1f}]"
+
+        shares = [summarise(rows, k) for k in ("edge/clip_cov_selected_share", "edge/kl_cov_selected_share")]
+        share = next((f"{100 * s[0]:.2f}%" for s in shares if s is not None), "-")
+        entropy = f"{summarise(rows, 'entropy start')[0]:.3f} -> {summarise(rows, 'entropy final')[0]:.3f}"
+        lines.append(
+            f"| {method} | {len(rows)} | {cell('final hard/box/pass@1')} | {cell('final hard/strict/pass@1')} | "
+            f"{cell('final all/box/pass@1')} | {cell('final all/box/pass@16')} | {cell('final all/strict/pass@16')} | "
+            f"{cell('equal-time hard/box/pass@1')} | {entropy} | {cell('collapsed share start')} | {share} |"
+        )
+    lines += ["", "| claim | verdict | evidence (paired by seed: method - grpo, mean [95% CI]) |", "|---|---|---|"]
+    lines += [f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} |" for c in claim_rows]
+    lines += ["", "| method | cov mean | corr(Cov_t, dH_t) | predicted total dH (-lr * sum Cov) | measured dH |",
+              "|---|---|---|---|---|"]  # fmt: skip
+    for method in methods:
+        rows = table["methods"][method]
+        parts = [
+            summarise(rows, f"cov {k}") for k in ("cov_mean", "corr_cov_dH", "predicted_total_dH", "measured_total_dH")
+        ]
+        lines.append(f"| {method} | " + " | ".join(fmt(p, False) for p in parts) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def analyse(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
+    runs = {m: [] for m in methods}
+    for path in sorted((out / "runs").glob("*.json")):
+        r = json.loads(path.read_text())
+        if r["method"] in runs and r["seed"] in seeds:
+            runs[r["method"]].append(r)
+    methods = [m for m in methods if runs[m]]
+    table = metric_table(runs, methods)
+    warmups = []
+    for path in sorted((out / "warmups").glob("seed-*.json")):
+        info = json.loads(path.read_text())
+        if "hard all-wrong share" not in info and (out / "warmups" / path.stem / "config.json").exists():
+            info.update(start_collapse(out / "warmups" / path.stem, info["seed"]))  # a grid from before this measure
+            path.write_text(json.dumps(info))
+        if info["seed"] in seeds:
+            warmups.append(info)
+    claim_rows = claims(table, methods, warmups) if "grpo" in methods else []
+    grid = json.loads((out / "grid.json").read_text()) if (out / "grid.json").exists() else {}
+    summary = {"grid": grid, "warmups": warmups, "table": table, "claims": claim_rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / "table.md").write_text(markdown(table, claim_rows, methods))
+    plot(runs, methods, out / "curves.png")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
+    parser.add_argument("--batch-size", type=int, default=32, help="completions per optimizer mini-batch")
+    parser.add_argument("--steps-per-generation", type=int, default=4, help="optimizer mini-batches per rollout")
+    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-problems", type=int, default=64, help="held-out problems per difficulty")
+    parser.add_argument("--warmup-target", type=float, default=0.03, help="hard-part sampled accuracy to stop at")
+    parser.add_argument("--warmup-min-steps", type=int, default=150)
+    parser.add_argument("--warmup-check-every", type=int, default=50)
+    parser.add_argument("--smoke", action="store_true", help="2 methods x 2 seeds x 4 steps, tiny evaluations")
+    parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/evidence"))
+    cli = parser.parse_args(argv)
+    if cli.smoke:
+        cli.steps, cli.eval_every, cli.eval_problems, cli.batch_size, cli.steps_per_generation = 4, 2, 4, 16, 2
+        cli.warmup_target, cli.warmup_min_steps, cli.warmup_check_every = 0.0, 1, 1
+    if "grpo" not in cli.methods:
+        cli.methods = ["grpo", *cli.methods]  # the baseline of every claim
+    (cli.out / "runs").mkdir(parents=True, exist_ok=True)
+    if not cli.analyse_only:
+        grid_path = cli.out / "grid.json"
+        grid = json.loads(grid_path.read_text()) if grid_path.exists() else {"sessions": []}
+        session = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "load": [],
+            "args": {k: str(v) for k, v in vars(cli).items()},
+        }
+        grid["sessions"].append(session)
+        begin = time.perf_counter()
+        jobs = [(s, m) for i, s in enumerate(cli.seeds) for m in cli.methods[i % len(cli.methods) :] + cli.methods[: i % len(cli.methods)]]  # fmt: skip
+        for done, (seed, method) in enumerate(jobs, start=1):
+            path = cli.out / "runs" / f"{method}-{seed}.json"
+            if path.exists():
+                continue
+            model_dir = warm_up(cli.out, seed, cli)
+            result = run(method, seed, model_dir, cli)
+            path.write_text(json.dumps(result))
+            session["load"].append(os.getloadavg()[0])
+            session["seconds"] = time.perf_counter() - begin
+            grid_path.write_text(json.dumps(grid, indent=1))
+            last = result["evals"][-1]
+            print(
+                f"[{done:>2}/{len(jobs)}] {time.perf_counter() - begin:7.0f}s  seed {seed} {method:<9} "
+                f"{result['train_s']:5.0f}s train  hard pass@1 box {last['hard/box/pass@1']:.1%}  "
+                f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    return analyse(cli.out, cli.methods, cli.seeds)
+
+
+if __name__ == "__main__":
+    main()
