@@ -46,7 +46,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 
-from edge_trl import gec
+from edge_trl import gec, vllm_support
 from edge_trl._compat import check_trl_version
 from edge_trl.config import EdgeGRPOConfig
 from edge_trl.core_algos import (
@@ -141,6 +141,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
         self._rollout: _RolloutState | None = None
         self._loss: _LossState | None = None
         super().__init__(model, reward_funcs, args=args, **kwargs)
+        if self.use_vllm:  # the weight sync of vLLM's CPU backend (a no-op elsewhere)
+            vllm_support.adapt_vllm_generation(self)
         if self.args.gec_correction_active:
             self._setup_gec(kwargs.get("train_dataset"))
 
