@@ -102,8 +102,8 @@ def check_head_dim(model: str, head_dim: int | None) -> None:
 
 
 def check_server(host: str, port: int, timeout: float) -> None:
-    """Raise unless a vLLM server (``trl vllm-serve``) answers ``GET /health/`` at host:port within ``timeout`` s."""
-    url = f"http://{host}:{port}/health/"
+    """Raise unless a vLLM server (``trl vllm-serve``) answers ``GET /health`` at host:port within ``timeout`` s."""
+    url = f"http://{host}:{port}/health"  # what TRL's VLLMClient polls
     deadline = time.monotonic() + timeout
     last_error = "no answer"
     while (remaining := deadline - time.monotonic()) > 0:
@@ -117,8 +117,7 @@ def check_server(host: str, port: int, timeout: float) -> None:
         time.sleep(max(min(1.0, deadline - time.monotonic()), 0.0))
     raise VLLMSetupError(
         f"No vLLM server answered at {host}:{port} within {timeout:g} s ({last_error}). Start one first, e.g. "
-        f"`CUDA_VISIBLE_DEVICES=1 trl vllm-serve --model MODEL --host {host} --port {port} "
-        "--logprobs-mode processed_logprobs`, or set --vllm-server-host/--vllm-server-port (and "
+        f"`CUDA_VISIBLE_DEVICES=1 trl vllm-serve --model MODEL --port {port}` on the machine {host}, or set --vllm-server-host/--vllm-server-port (and "
         "--vllm-server-timeout) to where it runs, or use --vllm colocate."
     )
 
@@ -144,7 +143,13 @@ def check_vllm(
 
         on_cpu = not torch.cuda.is_available()
     if mode == "server":
-        # 0.0.0.0 is where the server listens, not an address to connect to: TRL's client would use it as-is.
+        if on_cpu:
+            raise VLLMSetupError(
+                "--vllm server needs a CUDA device in the training processes: TRL pushes the weights to the server "
+                "over NCCL (trl.generation.vllm_client.VLLMClient.init_communicator). On a CPU machine use "
+                "--vllm colocate."
+            )
+        # 0.0.0.0 (TRL's default vllm_server_host) is where a server listens: here, this machine.
         check_server("127.0.0.1" if server_host == "0.0.0.0" else server_host, server_port, timeout)
     elif on_cpu:
         check_head_dim(model, model_head_dim(model))

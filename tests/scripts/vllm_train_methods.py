@@ -46,7 +46,8 @@ METHODS: dict[str, dict[str, Any]] = {
     "kl_cov": {"cov_mode": "kl_cov", "kl_cov_ratio": 0.05, "num_iterations": 2},
     "gec": {"gec": True, **GEC},
     "edge": {"eda": True, "gec": True, **GEC},
-    "force_reflection": {"force_reflection": True, **GEC},
+    # Token-level importance sampling here (TRL's default, sequence_mask, everywhere else): both levels are checked.
+    "force_reflection": {"force_reflection": True, "vllm_importance_sampling_mode": "token_truncate", **GEC},
     "lora": {"eda": True, "gec": True, **GEC},
 }
 
@@ -54,7 +55,7 @@ METHODS: dict[str, dict[str, Any]] = {
 def length_reward(completions: list, **_: object) -> list[float]:
     """A graded reward below 1 (so every response is "wrong" for GEC) that varies within a group."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-    return [min(len(text), 39) / 40 for text in texts]
+    return [min(len(text), 199) / 200 for text in texts]
 
 
 def make_trainer_class():
@@ -95,6 +96,8 @@ def make_trainer_class():
             if self.rollouts and "importance_sampling_ratio" in output:
                 self.rollouts[-1]["is_ratio"] = output["importance_sampling_ratio"].tolist()
                 self.rollouts[-1]["completion_mask"] = output["completion_mask"].tolist()
+                self.rollouts[-1]["sampling_logps"] = output["sampling_per_token_logps"].tolist()
+                self.rollouts[-1]["old_logps"] = output["old_per_token_logps"].tolist()
             return output
 
     return RecordingTrainer
