@@ -69,7 +69,10 @@ def test_vllm_backend_agrees_with_transformers_greedy(tmp_path, model_dir, suite
         assert len(vllm_problems) == len(hf_problems) == LIMIT
         for from_vllm, from_hf in zip(vllm_problems, hf_problems, strict=True):
             assert from_vllm["prompt"] == from_hf["prompt"]
-            assert from_vllm["completions"] == from_hf["completions"]  # the same greedy text, token for token
+            # The same greedy text. One decoding difference: a completion cut inside a multi-byte character ends in
+            # U+FFFD with transformers' decode, while vLLM's detokenizer holds the incomplete bytes back.
+            hf_texts = [text.rstrip("\ufffd") for text in from_hf["completions"]]
+            assert [text.rstrip("\ufffd") for text in from_vllm["completions"]] == hf_texts
             assert from_vllm["correct"] == from_hf["correct"]
             assert from_vllm["completions"][0].strip()  # something was generated
     assert with_vllm["weighted_average"] == with_transformers["weighted_average"]
