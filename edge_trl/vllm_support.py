@@ -156,6 +156,21 @@ def check_vllm(
     return installed
 
 
+def default_vllm_mode(cuda_available: bool | None = None) -> str | None:
+    """The main-use-case recipe's default: ``"colocate"`` on a CUDA machine with a tested vLLM installed, else None.
+
+    None means "generate with transformers" (no GPU, no vLLM, or a vLLM outside :data:`TESTED_VLLM`).
+    """
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    installed = installed_vllm_version()
+    if not cuda_available or installed is None:
+        return None
+    return "colocate" if Version(Version(installed).base_version) in TESTED_VLLM else None
+
+
 def vllm_config_fields(
     mode: str,
     gpu_memory_utilization: float | None = None,

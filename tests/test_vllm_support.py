@@ -22,6 +22,7 @@ from edge_trl.vllm_support import (
     check_vllm,
     check_vllm_version,
     cpu_environment,
+    default_vllm_mode,
     installed_vllm_version,
     model_head_dim,
     vllm_config_fields,
@@ -133,3 +134,9 @@ def test_every_mapped_field_is_a_grpo_config_field():
 def test_cpu_environment_keeps_the_users_setting():
     assert cpu_environment({}) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert cpu_environment({"VLLM_CPU_KVCACHE_SPACE": "8"}) == {}
+
+
+def test_default_vllm_mode_needs_a_gpu_and_vllm():
+    assert default_vllm_mode(cuda_available=False) is None  # CPU: the recipe generates with transformers
+    expected = None if installed_vllm_version() is None else "colocate"
+    assert default_vllm_mode(cuda_available=True) == expected
