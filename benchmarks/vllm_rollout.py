@@ -21,15 +21,13 @@ import argparse
 import gc
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -40,6 +38,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 import gec_cost
 
 GENERATIONS_PER_PROMPT = 8
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def rollout_prompts(model_path: Path, num_prompts: int) -> list[list[int]]:
@@ -83,7 +87,6 @@ def vllm_engine(model_path: Path, dtype: str, max_len: int, num_seqs: int) -> An
 
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29561")
     return LLM(
         model=str(model_path), dtype=dtype, max_model_len=max_len, max_num_seqs=num_seqs,
         distributed_executor_backend="external_launcher", seed=0, max_num_batched_tokens=4096,
@@ -130,6 +133,7 @@ def make_vllm_trainer(model_path: Path, mode: str, wrong_share: float, cli: argp
 
     from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
     from edge_trl.testing import prepare_for_cycles, quiet
+    from edge_trl.vllm_support import adapt_vllm_generation
 
     common = {
         "output_dir": str(workdir), "per_device_train_batch_size": cli.batch_size, "num_generations": 8,
@@ -144,6 +148,7 @@ def make_vllm_trainer(model_path: Path, mode: str, wrong_share: float, cli: argp
         trainer = GRPOTrainer(
             str(model_path), reward, args=GRPOConfig(**common), train_dataset=tiny_addition_dataset(1024)
         )
+        adapt_vllm_generation(trainer)  # TRL's own trainer needs the same CPU weight-sync fix (a no-op on a GPU)
     else:
         cue_tokens = len(AutoTokenizer.from_pretrained(model_path)(" Wait! Something is wrong here.")["input_ids"])
         args = EdgeGRPOConfig(**common, force_reflection=True, gec_max_new_tokens=cue_tokens + cli.gec_length)
@@ -191,6 +196,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/vllm_rollout.json"))
     cli = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB per engine
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # vLLM's colocated engine joins a torch.distributed group at MASTER_PORT; unset, accelerate may fall back to
+    # 29500, which another job on a shared machine (torchrun's default) can hold: EADDRINUSE.
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
     result: dict[str, Any] = {
         "device": "CPU (2 cores)" if not torch.cuda.is_available() else torch.cuda.get_device_name()
     }

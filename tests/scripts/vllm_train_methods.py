@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -20,6 +21,17 @@ from typing import Any
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4) is too much for a shared CI box
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# vLLM's colocated engine joins a torch.distributed group at MASTER_PORT; without one set, accelerate may fall back to
+# 29500, which another job on a shared machine (torchrun's default) can hold: EADDRINUSE.
+os.environ.setdefault("MASTER_PORT", str(_free_port()))
 
 BASE: dict[str, Any] = {
     "use_vllm": True,
