@@ -216,15 +216,20 @@ def evaluate(
     }
     backend = ("vllm" if use_vllm() else "transformers") if backend == "auto" else backend
     lm = tokenizer = None
+    # Both backends compute in the same precision, so greedy decoding agrees (vLLM would run a float32 checkpoint in
+    # bfloat16 on CPU).
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     if backend == "transformers":
-        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         lm, tokenizer = _load_model(model, adapter, dtype)
     else:
+        from edge_trl.vllm_support import check_vllm
+
+        check_vllm("colocate", model)  # installed, a tested version, a head size its CPU backend runs (ValueErrors)
         from transformers import AutoTokenizer
         from vllm import LLM
 
         tokenizer = AutoTokenizer.from_pretrained(adapter or model)
-        lm = LLM(model=model, enable_lora=adapter is not None, seed=seed)
+        lm = LLM(model=model, enable_lora=adapter is not None, seed=seed, dtype=dtype)
 
     total = sum(len(ds) for ds in prepared.values()) * samples
     progress = tqdm(total=total, desc="edge-trl eval", unit="completion", disable=not show_progress)

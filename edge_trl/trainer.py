@@ -57,7 +57,7 @@ from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import RepeatSampler
 
-from edge_trl import gec
+from edge_trl import gec, vllm_support
 from edge_trl._compat import check_trl_version
 from edge_trl.checkpoints import (
     ResumableRepeatSampler,
@@ -163,6 +163,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
         reward_funcs = guard_reward_funcs(reward_funcs, args.reward_timeout)
         super().__init__(model, reward_funcs, args=args, **kwargs)
         self._stop_at_end_of_turn()
+        if self.use_vllm:  # the weight sync of vLLM's CPU backend (a no-op elsewhere)
+            vllm_support.adapt_vllm_generation(self)
         if self.args.gec_correction_active:
             self._setup_gec(kwargs.get("train_dataset"))
 

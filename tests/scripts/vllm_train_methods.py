@@ -1,0 +1,191 @@
+"""Train a tiny Qwen2 (head_dim 64) one step with every edge-trl method through TRL's vLLM colocate path, on CPU.
+
+Run by tests/test_vllm_train.py in one subprocess (vLLM's engine wants its own process, and the trainers run one
+after the other so the machine holds one engine at a time). Writes a JSON report: per method the logged metrics,
+the weight-sync check (vLLM's log-probs after the sync against the trained model's and the initial model's), and
+for the GEC methods every generation call and every reflection, as the trainer saw them.
+
+    python tests/scripts/vllm_train_methods.py MODEL_DIR OUT.json [METHOD ...]
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import socket
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4) is too much for a shared CI box
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# vLLM's colocated engine joins a torch.distributed group at MASTER_PORT; without one set, accelerate may fall back to
+# 29500, which another job on a shared machine (torchrun's default) can hold: EADDRINUSE.
+os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+BASE: dict[str, Any] = {
+    "use_vllm": True,
+    "vllm_mode": "colocate",
+    "vllm_max_model_length": 256,
+    "use_cpu": True,
+    "bf16": False,
+    "per_device_train_batch_size": 8,
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "max_steps": 1,
+    "learning_rate": 0.05,  # large, so the policy visibly moves and a missed weight sync would show
+    "report_to": "none",
+    "save_strategy": "no",
+    "logging_steps": 1,
+    "seed": 0,
+    "disable_tqdm": True,
+}
+GEC = {"gec_max_new_tokens": 30, "gec_answer_template": " \\boxed{{answer}}", "gec_reflection_cue": " Wait!"}
+METHODS: dict[str, dict[str, Any]] = {
+    "eda_group": {"eda": True},
+    "eda_batch": {"eda": True, "eda_scope": "batch"},
+    "clip_cov": {"cov_mode": "clip_cov", "clip_cov_ratio": 0.05, "clip_cov_lb": -10.0, "clip_cov_ub": 10.0},
+    "kl_cov": {"cov_mode": "kl_cov", "kl_cov_ratio": 0.05, "num_iterations": 2},
+    "gec": {"gec": True, **GEC},
+    "edge": {"eda": True, "gec": True, **GEC},
+    # Token-level importance sampling here (TRL's default, sequence_mask, everywhere else): both levels are checked.
+    "force_reflection": {"force_reflection": True, "vllm_importance_sampling_mode": "token_truncate", **GEC},
+    "lora": {"eda": True, "gec": True, **GEC},
+}
+
+
+def length_reward(completions: list, **_: object) -> list[float]:
+    """A graded reward below 1 (so every response is "wrong" for GEC) that varies within a group."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [min(len(text), 199) / 200 for text in texts]
+
+
+def make_trainer_class():
+    from edge_trl import EdgeGRPOTrainer
+
+    class RecordingTrainer(EdgeGRPOTrainer):
+        """Records what the rollout sends to vLLM and what GEC makes of it; computes nothing differently."""
+
+        def __init__(self, *args, **kwargs):
+            self.calls: list[dict[str, Any]] = []
+            self.reflections: list[dict[str, Any]] = []
+            self.rollouts: list[dict[str, Any]] = []
+            super().__init__(*args, **kwargs)
+
+        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            result = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            self.calls.append(
+                {
+                    "prompts": len(prompt_ids),
+                    "max_tokens": self.vllm_generation.max_completion_length,
+                    "lengths": [len(c) for c in result[0]],
+                }
+            )
+            return result
+
+        def _generate_reflections(self, prompts):
+            continuations, logprobs = super()._generate_reflections(prompts)
+            self.reflections.append({"prompts": prompts, "continuations": continuations, "logprobs": logprobs})
+            return continuations, logprobs
+
+        def _correct_wrong_responses(self, rows, prompts, result):
+            corrected = super()._correct_wrong_responses(rows, prompts, result)
+            self.rollouts.append({"before": [list(c) for c in result[1]], "after": [list(c) for c in corrected[1]]})
+            return corrected
+
+        def _generate_and_score_completions(self, inputs):
+            output = super()._generate_and_score_completions(inputs)
+            if self.rollouts and "importance_sampling_ratio" in output:
+                self.rollouts[-1]["is_ratio"] = output["importance_sampling_ratio"].tolist()
+                self.rollouts[-1]["completion_mask"] = output["completion_mask"].tolist()
+                self.rollouts[-1]["sampling_logps"] = output["sampling_per_token_logps"].tolist()
+                self.rollouts[-1]["old_logps"] = output["old_per_token_logps"].tolist()
+            return output
+
+    return RecordingTrainer
+
+
+def sync_check(trainer: Any, model_dir: str) -> dict[str, float]:
+    """Max |log-prob| gap on vLLM's sampled tokens: vLLM vs the trained model, and vLLM vs the initial model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trainer.vllm_generation.sync_weights()  # what TRL does before the next rollout
+    prompt = trainer.processing_class("What is 12 + 7?", add_special_tokens=False)["input_ids"]
+    _, completion_ids, logprobs, _ = trainer.vllm_generation.generate([prompt], None, 1)
+    ids, sampled = list(completion_ids[0]), torch.tensor([lp[0] for lp in logprobs[0]])
+
+    def logps(model: Any) -> torch.Tensor:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1].float()
+        return torch.log_softmax(logits / trainer.temperature, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
+
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    initial = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return {
+        "synced_gap": (logps(model) - sampled).abs().max().item(),
+        "initial_gap": (logps(initial) - sampled).abs().max().item(),
+        "tokens": len(ids),
+    }
+
+
+def run(model_dir: str, name: str) -> dict[str, Any]:
+    from peft import LoraConfig
+
+    from edge_trl import EdgeGRPOConfig
+    from edge_trl.testing import tiny_addition_dataset
+
+    args = EdgeGRPOConfig(output_dir=os.path.join(os.path.dirname(sys.argv[2]), name), **BASE, **METHODS[name])
+    peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if name == "lora" else None
+    start = time.perf_counter()
+    trainer = make_trainer_class()(
+        model_dir,
+        reward_funcs=length_reward,
+        args=args,
+        train_dataset=tiny_addition_dataset(16),
+        peft_config=peft_config,
+    )
+    init_s = time.perf_counter() - start
+    start = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - start
+    report = {
+        "init_s": init_s,
+        "train_s": train_s,
+        "generation_class": type(trainer.vllm_generation).__name__,
+        "log": trainer.state.log_history,
+        "calls": trainer.calls,
+        "reflections": trainer.reflections,
+        "rollouts": trainer.rollouts,
+        "eos_token_ids": list(trainer.eos_token_ids),
+        "cue_ids": getattr(trainer, "_gec_cue_ids", None),
+        "sync": sync_check(trainer, model_dir),
+    }
+    del trainer
+    gc.collect()
+    return report
+
+
+def main() -> None:
+    model_dir, out = sys.argv[1], sys.argv[2]
+    names = sys.argv[3:] or list(METHODS)
+    reports = {}
+    for name in names:
+        reports[name] = run(model_dir, name)
+        print(f"{name}: init {reports[name]['init_s']:.1f} s, train {reports[name]['train_s']:.1f} s", flush=True)
+        with open(out, "w") as f:  # written after every method, so a crash keeps what ran
+            json.dump(reports, f)
+
+
+if __name__ == "__main__":
+    main()
