@@ -401,6 +401,8 @@ def _trainer_settings(
     machine = GPU_DEFAULTS | vllm_defaults(target_has_gpu) if target_has_gpu else CPU_DEFAULTS
     settings = {**TRAINING_DEFAULTS, **embedded_training, **machine}
     settings.update(METHODS[run.method])
+    if run.vllm is not None:  # --vllm MODE stands for use_vllm + vllm_mode; the --vllm-* flags still win
+        settings.update(use_vllm=True, vllm_mode=run.vllm)
     settings.update(user)
     _use_activation_checkpointing_name(settings, user)
     output_dir = settings.get("output_dir") or Path("outputs") / f"{Path(run.model).name}-{run.method}"
@@ -423,6 +425,36 @@ def _use_activation_checkpointing_name(settings: dict[str, Any], user: dict[str,
         settings["activation_checkpointing"] = user["gradient_checkpointing"]
     elif value is not None and "activation_checkpointing" not in user:
         settings["activation_checkpointing"] = value
+
+
+def _check_vllm(run: RunSpec, trainer: dict[str, Any], accelerate: AccelerateSetup, dry_run: bool) -> list[str]:
+    """A vLLM run's checks before any process starts (edge_trl.vllm_support.check_vllm): vLLM installed and of a
+    tested version, a reachable server, a head_dim the CPU backend takes. A real run refuses (exit 2); a dry run, which
+    may prepare the command for another machine, warns. On CPU the child processes get vLLM's CPU settings."""
+    if not trainer.get("use_vllm"):
+        return []
+    from edge_trl.vllm_support import VLLMSetupError, check_vllm, cpu_environment
+
+    mode = trainer.get("vllm_mode", "colocate")
+    warnings = []
+    try:
+        check_vllm(
+            mode, run.model, server_host=trainer.get("vllm_server_host", "0.0.0.0"),
+            server_port=int(trainer.get("vllm_server_port", 8000)),
+            timeout=float(trainer.get("vllm_server_timeout", 240.0)), on_cpu=not accelerate.target_has_gpu,
+        )  # fmt: skip
+    except VLLMSetupError as error:
+        if not dry_run:
+            raise LaunchError(str(error)) from error
+        warnings.append(f"{error} (dry run: printed anyway)")
+    if not accelerate.target_has_gpu:
+        accelerate.env.update(cpu_environment())
+        if accelerate.processes > 1:
+            warnings.append(
+                f"vLLM colocate on {accelerate.processes} CPU processes is untested (one vLLM engine per process): "
+                "use --num-processes 1."
+            )
+    return warnings
 
 
 def apply_lora_learning_rate(settings: dict[str, Any], explicit: set[str]) -> str | None:
@@ -613,6 +645,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     if accelerate.target_has_gpu:
         notes.append(fit_gpu_micro_batch(trainer, explicit))
     warnings = [*accelerate.warnings, *validate_trainer_settings(trainer, accelerate.processes, fields)]
+    warnings += _check_vllm(run, trainer, accelerate, request.dry_run)
     _check_hub_token(trainer)
     if not request.dry_run:  # a dry run may prepare the command for another machine: no network
         check_hub_reachable(trainer)

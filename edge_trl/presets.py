@@ -7,6 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from packaging.version import Version
+
 # Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them. They
 # carry the authors' settings, scaled to one GPU: docs/authors_recipes.md maps each setting of the authors' scripts
 # (EDGE-GRPO's train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values.
@@ -108,9 +110,14 @@ def vllm_defaults(target_has_gpu: bool) -> dict[str, Any]:
 
     The hook where the vLLM support plugs its checks in; any explicit ``use_vllm``/``vllm_mode`` wins over it.
     """
-    if target_has_gpu and importlib.util.find_spec("vllm") is not None:
-        return {"use_vllm": True, "vllm_mode": "colocate"}
-    return {}
+    if not target_has_gpu or importlib.util.find_spec("vllm") is None:
+        return {}
+    from edge_trl.vllm_support import TESTED_VLLM, installed_vllm_version
+
+    installed = installed_vllm_version()
+    if installed is not None and Version(Version(installed).base_version) not in TESTED_VLLM:
+        return {}  # an untested vLLM is used only when asked for (--vllm), and then the launcher refuses it
+    return {"use_vllm": True, "vllm_mode": "colocate"}
 
 
 DEFAULT_DATASET = "agentica-org/DeepScaleR-Preview-Dataset"

@@ -60,6 +60,15 @@ class RunSpec:
     reward: str | None = field(
         default=None, metadata={"help": "Comma-separated: format, accuracy, format_accuracy (default format,accuracy)."}
     )
+    vllm: str | None = field(
+        default=None,
+        metadata={
+            "help": "Generate rollouts with vLLM: colocate (inside every training process, sharing its device) or "
+            "server (a running `trl vllm-serve`; GPU only). Same as --use-vllm --vllm-mode MODE; the --vllm-* flags "
+            "tune it. Default: colocate on a GPU machine with a tested vLLM installed, else transformers.",
+            "choices": ["colocate", "server"],
+        },
+    )
     lora: bool | None = field(default=None, metadata={"help": "Train a LoRA adapter instead of the full model."})
     lora_r: int | None = field(default=None, metadata={"help": "LoRA rank (default 16; needs --lora)."})
     lora_alpha: int | None = field(default=None, metadata={"help": "LoRA alpha (default 32; needs --lora)."})

@@ -140,3 +140,53 @@ def test_default_vllm_mode_needs_a_gpu_and_vllm():
     assert default_vllm_mode(cuda_available=False) is None  # CPU: the recipe generates with transformers
     expected = None if installed_vllm_version() is None else "colocate"
     assert default_vllm_mode(cuda_available=True) == expected
+
+
+# -- `edge-trl train --vllm`: the launcher's checks, before any process starts ------------------------------------------
+
+
+@pytest.fixture
+def cli_data_file(tmp_path):
+    import json
+
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps({"problem": f"{i}+{i}=", "answer": str(2 * i)}) for i in range(16)))
+    return path
+
+
+def _train(*args: str):
+    from typer.testing import CliRunner
+
+    from edge_trl.cli.main import app
+
+    return CliRunner().invoke(app, ["train", *args])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the message shown without vLLM")
+def test_train_with_vllm_but_no_vllm_installed_exits_2_before_any_process(tmp_path, tiny_model_path, cli_data_file):
+    args = ["--model", str(tiny_model_path), "--dataset", str(cli_data_file), "--vllm", "colocate",
+            "--num-processes", "1", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    result = _train(*args)
+    assert result.exit_code == 2, result.output
+    assert "--vllm needs vLLM, which is not installed" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "edge_trl_run.yaml").exists()  # refused before the run file and the processes
+    # A dry run (a command prepared for another machine) shows the mapping with the same message as a warning.
+    dry = _train(*args, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "warning: --vllm needs vLLM" in dry.output
+    assert "use_vllm: true" in dry.output and "vllm_mode: colocate" in dry.output
+
+
+def test_vllm_flag_is_the_two_trl_fields_and_the_vllm_flags_still_win(tmp_path, tiny_model_path, cli_data_file):
+    common = ["--model", str(tiny_model_path), "--dataset", str(cli_data_file), "--output-dir", str(tmp_path / "o"),
+              "--dry-run"]  # fmt: skip
+    plain = _train(*common)
+    assert plain.exit_code == 0, plain.output
+    assert "use_vllm: true" not in plain.output  # no GPU here: transformers generation by default
+    server = _train(*common, "--vllm", "server", "--vllm-server-port", "8123")
+    assert server.exit_code == 0, server.output
+    assert "use_vllm: true" in server.output and "vllm_mode: server" in server.output
+    assert "vllm_server_port: 8123" in server.output
+    assert "warning:" in server.output  # no vLLM or no GPU here: the real run would refuse, the dry run says why
+    bad = _train(*common, "--vllm", "remote")
+    assert bad.exit_code == 2 and "colocate" in bad.output and "server" in bad.output
