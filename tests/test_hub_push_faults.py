@@ -1,7 +1,7 @@
 """A Hub upload that fails during training (issue #12, item 7), for real: the Hub client talks HTTP to the endpoint
 HF_ENDPOINT names, here a small local server standing in for the Hub (the Hub's network cannot be reached from
-tests). It answers whoami and create_repo, and the upload requests (preupload, commit) as the Hub does for regular
-(non-LFS) files, except the first ``fail_first`` uploads, which it refuses with HTTP 400. (5xx answers and dropped
+tests). It answers whoami, create_repo, validate-yaml and the upload requests (preupload, commit) as the Hub does
+for regular (non-LFS) files, except the first ``fail_first`` uploads, which it refuses with HTTP 400. (5xx answers and dropped
 connections are retried by huggingface_hub itself for ~25 s before the upload fails; a 400 fails it at once.)
 """
 
@@ -64,6 +64,8 @@ class StubHubHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.server.requests.append(f"POST {self.path}")
         body = self._body()
+        if self.path.startswith("/api/validate-yaml"):  # the model card's metadata, checked before a commit
+            return self._answer(200, {"errors": [], "warnings": []})
         if self.path.startswith("/api/repos/create"):
             return self._answer(200, {"url": f"{self.server.endpoint}/{REPO}"})
         if self.path.startswith(f"/api/models/{REPO}/preupload/"):
@@ -113,7 +115,8 @@ def test_a_failed_upload_during_training_warns_and_the_next_save_retries(tmp_pat
     result = train(tmp_path, tiny_model_path, stub_hub, out)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-5000:]
-    assert "uploading the checkpoint of step 1 to the Hub failed (HfHubHTTPError" in output
+    assert "uploading the checkpoint of step 1 to the Hub failed (BadRequestError" in output, output[-5000:]
+    assert "stub Hub: upload refused" in output  # the Hub's own answer, passed on
     assert "Training goes on; the next save uploads again" in output
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3  # training went on to max_steps
@@ -133,7 +136,7 @@ def test_uploads_that_always_fail_keep_training_and_exit_3_with_the_model_saved(
     result = train(tmp_path, tiny_model_path, stub_hub, out)
     output = result.stdout + result.stderr
     assert result.returncode == 3, output[-5000:]
-    assert output.count("to the Hub failed (HfHubHTTPError") >= 2, output[-5000:]  # every save tried again
+    assert output.count("to the Hub failed (BadRequestError") >= 2, output[-5000:]  # every save tried again
     assert json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
     assert (out / "model.safetensors").is_file()  # the local result is intact
     assert "pushing to the Hub failed" in result.stderr and f"retry with: hf upload {REPO} {out}" in result.stderr
