@@ -213,3 +213,39 @@ def prepare_math_dataset(
     finals = [c for c in ("prompt", "answer", "solution") if f"_edge_{c}" in prepared.column_names]
     prepared = prepared.remove_columns([c for c in finals if c in columns])
     return prepared.rename_columns({f"_edge_{c}": c for c in finals})
+
+
+def prompt_token_lengths(prompts: Sequence[Any], tokenizer: Any) -> list[int]:
+    """The length in tokens of each prompt as the model sees it: a conversational prompt (a list of messages) through
+    the tokenizer's chat template with the generation prompt, as TRL 1.16 renders it; a plain prompt as it is."""
+    lengths = []
+    for prompt in prompts:
+        if isinstance(prompt, list):
+            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+        else:
+            lengths.append(len(tokenizer(str(prompt))["input_ids"]))
+    return lengths
+
+
+def check_prompt_lengths(dataset: Any, tokenizer: Any, max_prompt_length: int, drop: bool = False) -> Any:
+    """``dataset`` (prepared: a ``prompt`` column) without prompts longer than ``max_prompt_length`` tokens.
+
+    TRL 1.16 neither truncates prompts nor has a ``max_prompt_length``: a prompt longer than the model's context fails
+    or is silently cut in generation. Such rows are an error naming them, or, with ``drop``, dropped with a warning
+    that counts and names them (an error if none is left).
+    """
+    lengths = prompt_token_lengths(dataset["prompt"], tokenizer)
+    long = [i for i, length in enumerate(lengths) if length > max_prompt_length]
+    if not long:
+        return dataset
+    where = f"{len(long)} of {len(dataset)} prompts are longer than max_prompt_length={max_prompt_length} tokens "
+    where += f"(rows {_rows(long)} of the prepared dataset; the longest has {max(lengths)})"
+    if not drop:
+        raise DatasetError(f"{where}: raise --max-prompt-length, or pass --drop-long-prompts to train without them.")
+    if len(long) == len(dataset):
+        raise DatasetError(f"{where}: no row is left to train on; raise --max-prompt-length.")
+    logger.warning("%s: dropping them (--drop-long-prompts); training on the other %d.", where,
+                   len(dataset) - len(long))  # fmt: skip
+    dropped = set(long)
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])

@@ -23,6 +23,13 @@ replaces them).
 stop at the same step), a checkpoint is saved and training stops. Repeated signals are ignored (SLURM signals every
 process and torchrun forwards the signal to the ranks too). The step and the save must fit in the grace period the
 scheduler gives before SIGKILL (torchrun's own: 30 s after it forwards the signal).
+
+**A Hub upload that fails during training** (``warn_if_upload_fails``). With ``push_to_hub`` and a ``hub_strategy``
+other than ``end``, transformers 5.24 uploads ``output_dir`` after each save in background futures
+(``Trainer._push_from_checkpoint``, ``run_as_future=True``) and never looks at their outcome: a failed upload stops
+nothing but says nothing either. Each upload gets a callback that warns when it fails. The next save uploads the whole
+``output_dir`` again (transformers skips a save only while the previous upload is still running), and the push at the
+end of training uploads everything; if that one fails too, the worker exits 3 with the model saved locally.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from transformers import TrainerCallback
@@ -151,6 +159,24 @@ def guard_reward_funcs(reward_funcs: Any, timeout: float) -> Any:
     if isinstance(reward_funcs, (list, tuple)):
         return [guard(func) for func in reward_funcs]
     return None if reward_funcs is None else guard(reward_funcs)
+
+
+def warn_if_upload_fails(upload: Future, step: int) -> None:
+    """Warn (once, when it ends) if the background Hub ``upload`` of the save at ``step`` failed."""
+    if getattr(upload, "_edge_trl_watched", False):
+        return
+    upload._edge_trl_watched = True  # transformers keeps earlier uploads in the same list
+
+    def report(done: Future) -> None:
+        error = None if done.cancelled() else done.exception()
+        if error is not None:
+            logger.warning(
+                "uploading the checkpoint of step %d to the Hub failed (%s: %s). Training goes on; the next save "
+                "uploads again, and so does the end of training.",
+                step, type(error).__name__, str(error)[:300],
+            )  # fmt: skip
+
+    upload.add_done_callback(report)
 
 
 class PreemptionCallback(TrainerCallback):

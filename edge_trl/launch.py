@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -282,11 +283,35 @@ def _check_dataset(run: RunSpec) -> None:
         if len(dataset) == 0:
             raise DatasetError("The dataset is empty: it has no rows to train on.")
         # Every row: the rows dropped (empty problem or answer) are counted and named here, before processes start.
-        prepare_math_dataset(dataset, template=run.template, **columns)
+        prepared = prepare_math_dataset(dataset, template=run.template, **columns)
+        if run.max_prompt_length is not None:
+            _check_prompt_lengths(run, prepared)
     except DatasetError as error:
         raise LaunchError(f"--dataset {source}: {error}") from error
     finally:
         enable_progress_bar()
+
+
+def _check_prompt_lengths(run: RunSpec, prepared: Any) -> None:
+    """Prompts longer than ``max_prompt_length``: an error naming them, or counted (``drop_long_prompts``). The
+    tokenizer is loaded only for this check; if it cannot be (a Hub model not reachable from here), the workers check."""
+    from transformers import AutoTokenizer
+
+    from edge_trl.data import check_prompt_lengths
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(run.model)
+    except (OSError, ValueError) as error:
+        logger.debug("no tokenizer for the prompt-length check here (%s): the workers check", error)
+        return
+    check_prompt_lengths(prepared, tokenizer, run.max_prompt_length, drop=bool(run.drop_long_prompts))
+
+
+def _check_prompt_length_settings(run: RunSpec) -> None:
+    if run.max_prompt_length is not None and run.max_prompt_length < 1:
+        raise LaunchError(f"--max-prompt-length {run.max_prompt_length}: must be at least 1 (tokens).")
+    if run.drop_long_prompts and run.max_prompt_length is None:
+        raise LaunchError("--drop-long-prompts needs --max-prompt-length (the limit, in tokens).")
 
 
 def _resolve_lora(run: RunSpec) -> RunSpec:
@@ -633,6 +658,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
         template=run.template or "chat", recipe=str(recipe) if recipe else None,
     )  # fmt: skip
     _check_reward(run.reward)
+    _check_prompt_length_settings(run)
     if not run.uses_embedded_task:
         _check_dataset(run)
     run = _resolve_lora(run)
@@ -679,8 +705,29 @@ def launch(prepared: PreparedRun) -> int:
         return int(error.code or 0)
     except Exception as error:  # ChildFailedError and friends: the rank already printed its error
         logger.debug("launch failed: %r", error)
+        for line in failed_ranks(error):
+            print(f"edge-trl: {line}", file=sys.stderr, flush=True)
         return _signal_code(error) or 1
     return 0
+
+
+def failed_ranks(error: Exception) -> list[str]:
+    """One line per rank torchrun saw fail (``ChildFailedError.failures``): which rank, and the signal that killed it
+    or its exit code. When one rank dies, torchrun stops the others within seconds; their tracebacks (gloo's
+    "Connection reset by peer", NCCL's "remote process exited") follow from it and say nothing of the cause."""
+    lines = []
+    for rank, failure in sorted((getattr(error, "failures", None) or {}).items()):
+        code = getattr(failure, "exitcode", None)
+        if not isinstance(code, int):
+            continue
+        if code < 0:
+            _, how = describe_exit(code)
+            cause = " (e.g. by the out-of-memory killer or a scheduler)" if -code == 9 else ""
+            lines.append(f"rank {rank} (pid {failure.pid}) was {how}{cause}; torchrun stopped the other ranks, so "
+                         "their errors above (a closed connection in a collective) follow from it.")  # fmt: skip
+        else:
+            lines.append(f"rank {rank} (pid {failure.pid}) failed with exit code {code}: its error is above.")
+    return lines
 
 
 def _signal_code(error: Exception) -> int:

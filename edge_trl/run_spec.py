@@ -57,6 +57,17 @@ class RunSpec:
         default=None,
         metadata={"help": "Prompt template: chat (default) or plain for base models.", "choices": list(TEMPLATES)},
     )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "Longest prompt, in tokens (chat template included); longer rows are an error before training "
+            "starts (TRL 1.16 does not truncate prompts). Default: no check."
+        },
+    )
+    drop_long_prompts: bool | None = field(
+        default=None,
+        metadata={"help": "Drop the prompts longer than --max-prompt-length (counted) instead of failing."},
+    )
     reward: str | None = field(
         default=None, metadata={"help": "Comma-separated: format, accuracy, format_accuracy (default format,accuracy)."}
     )

@@ -78,7 +78,7 @@ from edge_trl.core_algos import (
 )
 from edge_trl.data import normalize_answer
 from edge_trl.end_of_turn import end_of_turn_token_ids
-from edge_trl.faults import guard_reward_funcs
+from edge_trl.faults import guard_reward_funcs, warn_if_upload_fails
 
 logger = logging.getLogger(__name__)
 
@@ -706,6 +706,13 @@ class EdgeGRPOTrainer(GRPOTrainer):
             is_main_process=self.args.should_save,
         )
         super()._save_checkpoint(model, trial)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # transformers 5.24 drops the errors of these background uploads: warn when one fails (edge_trl.faults).
+        super()._push_from_checkpoint(checkpoint_folder)
+        if self.is_world_process_zero() and self.push_in_progress is not None:
+            for upload in self.push_in_progress.jobs:
+                warn_if_upload_fails(upload, self.state.global_step)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # The hook TRL 1.16 itself uses to restore extra state on resume (its entropy controller's).

@@ -35,6 +35,13 @@ def build_trainer(run: RunSpec) -> Any:
             answer_column=run.answer_column,
             solution_column=run.solution_column,
         )
+        if run.max_prompt_length is not None:  # the launcher checked a local file; a Hub dataset is checked here
+            from transformers import AutoTokenizer
+
+            from edge_trl.data import check_prompt_lengths
+
+            tokenizer = AutoTokenizer.from_pretrained(run.model)
+            dataset = check_prompt_lengths(dataset, tokenizer, run.max_prompt_length, drop=bool(run.drop_long_prompts))
     peft_config = None
     if run.lora:
         from peft import LoraConfig

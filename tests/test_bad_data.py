@@ -56,3 +56,30 @@ def test_the_worker_reports_bad_data_without_a_traceback(tmp_path, tiny_model_pa
     run.save(tmp_path / "run.yaml")
     assert worker.main(["--run", str(tmp_path / "run.yaml")]) == 2
     assert "error: " in capsys.readouterr().err
+
+
+LONG = {"problem": "1+" * 300 + "1", "answer": "301"}  # hundreds of tokens; GOOD's prompts take a few dozen
+
+
+def test_prompts_longer_than_max_prompt_length_are_an_error_or_dropped(tmp_path, tiny_model_path, caplog):
+    data = write_rows(tmp_path / "long.jsonl", [*GOOD, LONG, LONG])
+    code, output = train(tiny_model_path, data, "--max-prompt-length", "200")
+    assert code == 2, output
+    assert "2 of 8 prompts are longer than max_prompt_length=200 tokens (rows 6, 7" in output
+    assert "raise --max-prompt-length, or pass --drop-long-prompts" in output
+    code, output = train(tiny_model_path, data, "--max-prompt-length", "200", "--drop-long-prompts")
+    assert code == 0, output
+    assert "2 of 8 prompts are longer than max_prompt_length=200 tokens" in caplog.text and "other 6" in caplog.text
+    assert train(tiny_model_path, data)[0] == 0  # no limit given: no check (and no tokenizer loaded)
+    code, output = train(tiny_model_path, data, "--drop-long-prompts")
+    assert code == 2 and "--drop-long-prompts needs --max-prompt-length" in output
+
+
+def test_the_worker_checks_prompt_lengths_too(tmp_path, tiny_model_path, capsys):
+    """What a rank does with a dataset the launcher could not check (a Hub dataset)."""
+    data = write_rows(tmp_path / "long.jsonl", [*GOOD, LONG])
+    run = RunSpec(model=str(tiny_model_path), dataset=str(data), dataset_split="train", max_prompt_length=200,
+                  reward="format", template="chat", trainer={"output_dir": str(tmp_path / "out"), "use_cpu": True})  # fmt: skip
+    run.save(tmp_path / "run.yaml")
+    assert worker.main(["--run", str(tmp_path / "run.yaml")]) == 2
+    assert "1 of 7 prompts are longer than max_prompt_length=200 tokens (rows 6" in capsys.readouterr().err

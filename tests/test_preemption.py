@@ -3,8 +3,9 @@
 * SIGTERM to the `edge-trl train` launcher (what `kill`, SLURM and spot instances send; torchrun forwards it to each
   rank): the ranks save a complete checkpoint at the next step boundary, the run exits 143 with the resume command,
   and `--resume-from-checkpoint last` continues from it.
+* Ctrl-C in a terminal: SIGINT to the launcher's whole process group (the launcher and every rank): the same, exit 130.
 * SIGKILL to one rank mid-run: the other is stopped and the launcher exits within a minute, not after a 30-minute
-  collective timeout.
+  collective timeout, naming the dead rank and the signal.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class Launch:
 
     def __init__(self, *args: str):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # Its own process group, as a shell gives a foreground job: what Ctrl-C signals.
         self.process = subprocess.Popen([sys.executable, "-m", "edge_trl.cli.main", "train", *args], env=env,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                        start_new_session=True)  # fmt: skip
         self.lines: list[str] = []
         threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
 
@@ -86,6 +89,23 @@ def test_sigterm_saves_a_checkpoint_at_the_next_step_and_resumes(tmp_path, tiny_
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_a_complete_checkpoint_and_exits_130(tmp_path, tiny_model_path, data_file):
+    out = tmp_path / "run"
+    run = Launch("--model", str(tiny_model_path), "--dataset", str(data_file), "--output-dir", str(out), *TINY_RUN,
+                 "--max-steps", "200")  # fmt: skip
+    run.wait_for("'loss'")
+    assert len(run.ranks()) == 2
+    os.killpg(run.process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C: every process of the job
+    assert run.process.wait(timeout=120) == 130, run.output[-5000:]
+    checkpoints = sorted(out.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and checkpoint_problem(checkpoints[0]) is None, checkpoints
+    step = int(checkpoints[0].name.split("-")[1])
+    assert f"stopped by SIGINT after step {step}; checkpoint saved in {checkpoints[0]}" in run.output
+    assert "Resume with the same command plus --resume-from-checkpoint last" in run.output
+    assert "KeyboardInterrupt" not in run.output
+
+
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_run_within_a_minute(tmp_path, tiny_model_path, data_file):
     run = Launch("--model", str(tiny_model_path), "--dataset", str(data_file), "--output-dir", str(tmp_path / "run"),
                  *TINY_RUN, "--max-steps", "500")  # fmt: skip
@@ -98,4 +118,5 @@ def test_a_killed_rank_stops_the_run_within_a_minute(tmp_path, tiny_model_path, 
     waited = time.monotonic() - killed_at
     assert code != 0 and waited < 60, (code, waited, run.output[-3000:])
     assert "training failed" in run.output
+    assert f"(pid {ranks[1].pid}) was killed by SIGKILL (exit code 137)" in run.output  # the cause, named
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)  # no rank left behind
