@@ -24,3 +24,23 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from edge_trl.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-qwen2"))
+
+
+def _addition_file(tmp_path_factory: pytest.TempPathFactory, rows: int) -> Path:
+    from edge_trl.testing import tiny_addition_dataset
+
+    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
+    tiny_addition_dataset(rows).to_json(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local JSONL math dataset (problem/answer/solution) of 64 addition problems, for `edge-trl train` runs."""
+    return _addition_file(tmp_path_factory, 64)
+
+
+@pytest.fixture(scope="session")
+def small_data_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with 16 problems, for runs that check the dataset or train a step or two."""
+    return _addition_file(tmp_path_factory, 16)

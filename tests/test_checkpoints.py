@@ -39,21 +39,14 @@ def two_checkpoints(real_checkpoint: Path, output_dir: Path) -> Path:
     return output_dir / "checkpoint-2"
 
 
-def resumed_from(output_dir: Path, tiny_model_path: Path, data_file: Path) -> tuple[str, str]:
+def resumed_from(output_dir: Path, tiny_model_path: Path, small_data_file: Path) -> tuple[str, str]:
     """The checkpoint `edge-trl train --resume-from-checkpoint last --dry-run` picks, and its output."""
-    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_path), "--dataset", str(data_file),
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_path), "--dataset", str(small_data_file),
                                       "--output-dir", str(output_dir), "--resume-from-checkpoint", "last",
                                       "--dry-run"])  # fmt: skip
     assert result.exit_code == 0, result.output
     spec = yaml.safe_load(result.output[result.output.index("model:") :])
     return spec["resume_from_checkpoint"], result.output
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
-    tiny_addition_dataset(16).to_json(str(path))
-    return path
 
 
 def test_a_whole_checkpoint_is_complete(real_checkpoint):
@@ -62,32 +55,34 @@ def test_a_whole_checkpoint_is_complete(real_checkpoint):
 
 
 @pytest.mark.parametrize("missing", ["trainer_state.json", "optimizer.pt", "model.safetensors", "rng_state.pth"])
-def test_a_checkpoint_with_a_missing_file_is_skipped(tmp_path, real_checkpoint, tiny_model_path, data_file, missing):
+def test_a_checkpoint_with_a_missing_file_is_skipped(
+    tmp_path, real_checkpoint, tiny_model_path, small_data_file, missing
+):
     partial = two_checkpoints(real_checkpoint, tmp_path)
     (partial / missing).unlink()
     assert missing in checkpoint_problem(partial) and "missing" in checkpoint_problem(partial)
-    picked, output = resumed_from(tmp_path, tiny_model_path, data_file)
+    picked, output = resumed_from(tmp_path, tiny_model_path, small_data_file)
     assert picked == str(tmp_path / "checkpoint-1")
     assert f"skipping {partial}, an incomplete checkpoint: " in output and missing in output
 
 
 @pytest.mark.parametrize("truncated", ["model.safetensors", "optimizer.pt", "trainer_state.json"])
-def test_a_checkpoint_with_a_truncated_file_is_skipped(tmp_path, real_checkpoint, tiny_model_path, data_file,
+def test_a_checkpoint_with_a_truncated_file_is_skipped(tmp_path, real_checkpoint, tiny_model_path, small_data_file,
                                                        truncated):  # fmt: skip
     partial = two_checkpoints(real_checkpoint, tmp_path)
     path = partial / truncated
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a write cut off halfway
     problem = checkpoint_problem(partial)
     assert problem.startswith(truncated) or truncated in problem
-    picked, output = resumed_from(tmp_path, tiny_model_path, data_file)
+    picked, output = resumed_from(tmp_path, tiny_model_path, small_data_file)
     assert picked == str(tmp_path / "checkpoint-1") and f"skipping {partial}" in output
 
 
-def test_only_partial_checkpoints_is_a_clear_error(tmp_path, real_checkpoint, tiny_model_path, data_file):
+def test_only_partial_checkpoints_is_a_clear_error(tmp_path, real_checkpoint, tiny_model_path, small_data_file):
     partial = two_checkpoints(real_checkpoint, tmp_path)
     shutil.rmtree(tmp_path / "checkpoint-1")
     (partial / "trainer_state.json").unlink()
-    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_path), "--dataset", str(data_file),
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_path), "--dataset", str(small_data_file),
                                       "--output-dir", str(tmp_path), "--resume-from-checkpoint", "last"])  # fmt: skip
     assert result.exit_code == 2 and "only incomplete checkpoints" in result.output
 

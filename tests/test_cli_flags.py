@@ -18,17 +18,9 @@ from edge_trl import config_schema, launch
 from edge_trl.cli.main import app
 from edge_trl.config_schema import build_trainer_fields, trainer_fields
 from edge_trl.run_spec import RunSpec
-from edge_trl.testing import tiny_addition_dataset
 
 runner = CliRunner()
 HEAVY_MODULES = ("torch", "trl", "transformers", "datasets", "math_verify")
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
-    tiny_addition_dataset(64).to_json(str(path))
-    return path
 
 
 @pytest.fixture

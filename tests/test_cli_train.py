@@ -17,17 +17,9 @@ from edge_trl import launch
 from edge_trl.cli.main import app
 from edge_trl.presets import METHODS, shipped_accelerate_configs, shipped_recipes
 from edge_trl.run_spec import run_keys
-from edge_trl.testing import tiny_addition_dataset
 
 runner = CliRunner()
 TINY_RUN = ["--set", "max_completion_length=16", "--set", "num_generations=4", "--set", "per_device_train_batch_size=4"]
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
-    tiny_addition_dataset(64).to_json(str(path))
-    return path
 
 
 @pytest.fixture

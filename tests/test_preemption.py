@@ -17,24 +17,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
 from edge_trl.checkpoints import checkpoint_problem
-from edge_trl.testing import tiny_addition_dataset
 
 TINY_RUN = ["--set", "max_completion_length=8", "--set", "num_generations=4", "--set", "per_device_train_batch_size=4",
             "--method", "grpo", "--reward", "format", "--num-processes", "2", "--accelerate-config", "cpu",
             "--set", "save_steps=1000", "--set", "logging_steps=1"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
-    tiny_addition_dataset(64).to_json(str(path))
-    return path
 
 
 class Launch:

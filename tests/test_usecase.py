@@ -28,13 +28,6 @@ runner = CliRunner()
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "addition.jsonl"
-    tiny_addition_dataset(16).to_json(str(path))
-    return path
-
-
 @pytest.fixture
 def one_gpu(monkeypatch):
     """Pretend the machine has one CUDA device: the dry run resolves the GPU defaults."""
@@ -60,15 +53,15 @@ def edge_trl(*args: str, env: dict | None = None, timeout: int = 300) -> subproc
 # -- 14.2: a model alias runs its recipe -------------------------------------------------------------------------------
 
 
-def test_alias_runs_its_recipe_and_flags_override_it(data_file):
-    data = ["--dataset", str(data_file)]
+def test_alias_runs_its_recipe_and_flags_override_it(small_data_file):
+    data = ["--dataset", str(small_data_file)]
     notes, spec = dry_run("--model", "qwen2.5-math-1.5b", *data, "--num-processes", "1")
     recipe = yaml.safe_load(Path(spec["recipe"]).read_text())
     assert Path(spec["recipe"]).name == "edge_grpo_qwen2.5_math_1.5b.yaml"
     assert "recipe edge_grpo_qwen2.5_math_1.5b.yaml applied" in notes
     for key in ("max_completion_length", "gradient_accumulation_steps", "loss_type", "temperature", "save_steps"):
         assert spec["trainer"][key] == recipe[key], key
-    assert spec["dataset"] == str(data_file)  # the flag beats the recipe's dataset
+    assert spec["dataset"] == str(small_data_file)  # the flag beats the recipe's dataset
 
     _, spec = dry_run("--model", "qwen2.5-math-1.5b", *data, "--num-processes", "1", "--max-completion-length", "64",
                       "--set", "temperature=0.9")  # fmt: skip
@@ -86,8 +79,8 @@ def test_alias_runs_its_recipe_and_flags_override_it(data_file):
 # -- 14.3: LoRA's learning rate ----------------------------------------------------------------------------------------
 
 
-def test_lora_scales_the_default_learning_rate_and_an_explicit_one_wins(tmp_path, tiny_model_path, data_file):
-    base = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1"]
+def test_lora_scales_the_default_learning_rate_and_an_explicit_one_wins(tmp_path, tiny_model_path, small_data_file):
+    base = ["--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1"]
     _, spec = dry_run(*base)
     assert spec["trainer"]["learning_rate"] == 1e-6
     notes, spec = dry_run(*base, "--lora")
@@ -100,21 +93,23 @@ def test_lora_scales_the_default_learning_rate_and_an_explicit_one_wins(tmp_path
     notes, spec = dry_run(*base, "--lora", "--config", str(own))  # the user's own recipe is explicit
     assert spec["trainer"]["learning_rate"] == 4e-6 and "LoRA Without Regret" not in notes
     # a shipped recipe holds full fine-tuning values, by alias as by --config
-    _, spec = dry_run("--model", "qwen2.5-math-1.5b", "--dataset", str(data_file), "--num-processes", "1", "--lora")
+    _, spec = dry_run(
+        "--model", "qwen2.5-math-1.5b", "--dataset", str(small_data_file), "--num-processes", "1", "--lora"
+    )
     assert spec["trainer"]["learning_rate"] == 1e-5
 
 
 # -- 14.4: GPU defaults ------------------------------------------------------------------------------------------------
 
 
-def test_gpu_defaults_fit_24_gb_and_keep_the_batch(one_gpu, monkeypatch, data_file):
+def test_gpu_defaults_fit_24_gb_and_keep_the_batch(one_gpu, monkeypatch, small_data_file):
     real_find_spec = importlib.util.find_spec
 
     def vllm_installed(installed: bool) -> None:
         monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (object() if installed else None)
                             if name == "vllm" else real_find_spec(name, *a))  # fmt: skip
 
-    args = ["--model", "qwen2.5-math-1.5b", "--dataset", str(data_file), "--lora"]
+    args = ["--model", "qwen2.5-math-1.5b", "--dataset", str(small_data_file), "--lora"]
     vllm_installed(False)
     notes, spec = dry_run(*args)
     trainer = spec["trainer"]
@@ -140,7 +135,7 @@ def test_gpu_defaults_fit_24_gb_and_keep_the_batch(one_gpu, monkeypatch, data_fi
     assert dry_run(*args, "--no-use-vllm")[1]["trainer"]["use_vllm"] is False
 
 
-def test_cpu_defaults_train_a_bf16_checkpoint_in_fp32(tmp_path, tiny_model_path, data_file):
+def test_cpu_defaults_train_a_bf16_checkpoint_in_fp32(tmp_path, tiny_model_path, small_data_file):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -151,7 +146,7 @@ def test_cpu_defaults_train_a_bf16_checkpoint_in_fp32(tmp_path, tiny_model_path,
     AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.bfloat16).save_pretrained(bf16_model)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (bf16_model / name).write_bytes((tiny_model_path / name).read_bytes())
-    flags = {"model": str(bf16_model), "dataset": str(data_file), "num_processes": 1, "method": "grpo",
+    flags = {"model": str(bf16_model), "dataset": str(small_data_file), "num_processes": 1, "method": "grpo",
              "output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 4, "num_generations": 4}  # fmt: skip
     prepared = resolve(TrainRequest(flags=flags, dry_run=True), gpus=0)
     assert prepared.run.trainer["model_init_kwargs"] == {"dtype": "float32"}
@@ -171,10 +166,10 @@ def authors_table() -> list[dict[str, str]]:
 
 
 @pytest.mark.parametrize("method", ["edge", "clip-cov", "kl-cov"])
-def test_presets_resolve_to_the_authors_table(tiny_model_path, data_file, method):
+def test_presets_resolve_to_the_authors_table(tiny_model_path, small_data_file, method):
     rows = authors_table()
     assert len(rows) >= 15
-    _, spec = dry_run("--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+    _, spec = dry_run("--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1",
                       "--method", method)  # fmt: skip
     checked = 0
     for row in rows:
@@ -189,8 +184,8 @@ def test_presets_resolve_to_the_authors_table(tiny_model_path, data_file, method
 # -- 14.5: smaller things ----------------------------------------------------------------------------------------------
 
 
-def test_malformed_structured_set_value_is_an_error(tiny_model_path, data_file):
-    base = ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--dry-run"]
+def test_malformed_structured_set_value_is_an_error(tiny_model_path, small_data_file):
+    base = ["train", "--model", str(tiny_model_path), "--dataset", str(small_data_file), "--dry-run"]
     for args in (["--set", "model_init_kwargs={dtype:float32}"], ["--model-init-kwargs", "{dtype:float32}"]):
         result = runner.invoke(app, [*base, *args])
         assert result.exit_code == 2 and "Traceback" not in result.output
@@ -221,11 +216,11 @@ def test_model_card_names_the_base_model(tmp_path, tiny_model_path):
     assert hub == 'of [Qwen/Qwen2.5-Math-1.5B](https://huggingface.co/Qwen/Qwen2.5-Math-1.5B).\nmodel="me/m"'
 
 
-def test_push_to_hub_fails_in_seconds_when_the_hub_is_unreachable(tmp_path, tiny_model_path, data_file):
+def test_push_to_hub_fails_in_seconds_when_the_hub_is_unreachable(tmp_path, tiny_model_path, small_data_file):
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    args = ["train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+    args = ["train", "--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1",
             "--output-dir", str(tmp_path / "out"), "--push-to-hub", "--hub-model-id", "me/tiny"]  # fmt: skip
     unreachable = {"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_x"}
     start = time.monotonic()
@@ -256,19 +251,19 @@ if sys.argv and sys.argv[0].endswith("worker.py"):
 """
 
 
-def test_a_run_killed_by_a_signal_reports_it_and_exits_128_plus_n(tmp_path, tiny_model_path, data_file):
+def test_a_run_killed_by_a_signal_reports_it_and_exits_128_plus_n(tmp_path, tiny_model_path, small_data_file):
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(KILL_WORKER)  # the worker process receives a real SIGTERM at start
-    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1",
                       "--output-dir", str(tmp_path / "out"), env={"PYTHONPATH": str(site)})  # fmt: skip
     assert result.returncode == 128 + signal.SIGTERM == 143, result.stderr[-3000:]
     assert "training failed (killed by SIGTERM (exit code 143))" in result.stderr
 
 
 @pytest.mark.slow
-def test_a_cpu_run_prints_no_warning_of_ours(tmp_path, tiny_model_path, data_file):
-    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(data_file), "--num-processes", "1",
+def test_a_cpu_run_prints_no_warning_of_ours(tmp_path, tiny_model_path, small_data_file):
+    result = edge_trl("train", "--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1",
                       "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--method", "grpo",
                       "--set", "max_completion_length=8", "--set", "num_generations=4",
                       "--set", "per_device_train_batch_size=4")  # fmt: skip

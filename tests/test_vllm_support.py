@@ -145,15 +145,6 @@ def test_default_vllm_mode_needs_a_gpu_and_vllm():
 # -- `edge-trl train --vllm`: the launcher's checks, before any process starts ------------------------------------------
 
 
-@pytest.fixture
-def cli_data_file(tmp_path):
-    import json
-
-    path = tmp_path / "data.jsonl"
-    path.write_text("\n".join(json.dumps({"problem": f"{i}+{i}=", "answer": str(2 * i)}) for i in range(16)))
-    return path
-
-
 def _train(*args: str):
     from typer.testing import CliRunner
 
@@ -163,8 +154,8 @@ def _train(*args: str):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="checks the message shown without vLLM")
-def test_train_with_vllm_but_no_vllm_installed_exits_2_before_any_process(tmp_path, tiny_model_path, cli_data_file):
-    args = ["--model", str(tiny_model_path), "--dataset", str(cli_data_file), "--vllm", "colocate",
+def test_train_with_vllm_but_no_vllm_installed_exits_2_before_any_process(tmp_path, tiny_model_path, data_file):
+    args = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--vllm", "colocate",
             "--num-processes", "1", "--output-dir", str(tmp_path / "out")]  # fmt: skip
     result = _train(*args)
     assert result.exit_code == 2, result.output
@@ -177,8 +168,8 @@ def test_train_with_vllm_but_no_vllm_installed_exits_2_before_any_process(tmp_pa
     assert "use_vllm: true" in dry.output and "vllm_mode: colocate" in dry.output
 
 
-def test_vllm_flag_is_the_two_trl_fields_and_the_vllm_flags_still_win(tmp_path, tiny_model_path, cli_data_file):
-    common = ["--model", str(tiny_model_path), "--dataset", str(cli_data_file), "--output-dir", str(tmp_path / "o"),
+def test_vllm_flag_is_the_two_trl_fields_and_the_vllm_flags_still_win(tmp_path, tiny_model_path, data_file):
+    common = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--output-dir", str(tmp_path / "o"),
               "--dry-run"]  # fmt: skip
     plain = _train(*common)
     assert plain.exit_code == 0, plain.output
