@@ -169,3 +169,32 @@ def test_gec_keeps_eos_and_injected_tokens_add_nothing_to_the_importance_ratio(r
     assert checked == first_log(report, method)["gec/reflect_count"]
     # The correction is live: vLLM's and the trainer's log-probs differ a little (bf16 vs fp32), ratios are not all 1.
     assert any(r != 1.0 for row in rollout["is_ratio"] for r in row)
+
+
+def test_edge_trl_train_vllm_colocate_end_to_end(tmp_path: Path):
+    """The command line itself: `edge-trl train --vllm colocate` (accelerate launch, one CPU process) trains EDGE-GRPO
+    (EDA + GEC) for two steps through TRL's vLLM colocate path and saves the model."""
+    from edge_trl.testing import build_tiny_model, tiny_addition_dataset
+
+    model = build_tiny_model(tmp_path / "model", hidden_size=128, num_attention_heads=2, num_key_value_heads=1)
+    data = tmp_path / "data.jsonl"
+    tiny_addition_dataset(16).to_json(str(data))
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command = [
+        sys.executable, "-m", "edge_trl.cli.main", "train", "--model", str(model), "--dataset", str(data),
+        "--vllm", "colocate", "--method", "edge", "--num-processes", "1", "--output-dir", str(out),
+        "--max-steps", "2", "--per-device-train-batch-size", "8", "--num-generations", "4",
+        "--max-completion-length", "8", "--gec-max-new-tokens", "8", "--no-gec-cue-in-budget", "--save-strategy", "no",
+        "--vllm-gpu-memory-utilization", "0.3",
+    ]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    spec = (out / "edge_trl_run.yaml").read_text()
+    assert "use_vllm: true" in spec and "vllm_mode: colocate" in spec
+    assert (out / "model.safetensors").exists()
+    output = run.stdout + run.stderr
+    assert "training finished" in output
+    # TRL's console log of each step: the vLLM importance-sampling correction, GEC and EDA all ran.
+    for metric in ("sampling/importance_sampling_ratio", "gec/corrected_share", "edge/eda_scale_mean"):
+        assert metric in output, metric
