@@ -1,7 +1,10 @@
 """`edge-trl train`: resolve a run (method preset, recipe YAML, `--set`, flags), check it, start it with accelerate.
 
-Everything that can be checked before processes start is checked here, so bad input gets one clear message instead
-of a traceback from every rank. `resolve` fills a `RunSpec`; `launch` writes it to ``<output_dir>/edge_trl_run.yaml``
+This module is the pipeline: settings precedence and recipes, the trainer settings (CPU/GPU defaults, LoRA learning
+rate, GPU micro-batch), resume, the launch and its exit codes. Two concerns live in their own modules and are called
+from `resolve`: the accelerate config, process count and environment (`edge_trl.accelerate_setup`), and every check
+that can run before processes start, so bad input gets one clear message instead of a traceback from every rank
+(`edge_trl.prelaunch_checks`). `resolve` fills a `RunSpec`; `launch` writes it to ``<output_dir>/edge_trl_run.yaml``
 and starts ``edge_trl/worker.py`` on every process through `accelerate launch` (the way TRL's CLI launches its
 scripts), and the worker reads the file back into the same `RunSpec`.
 
@@ -13,39 +16,46 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import logging
 import os
 import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import yaml
 
+from edge_trl.accelerate_setup import gpu_count, resolve_accelerate
 from edge_trl.checkpoints import newest_complete_checkpoint
 from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
+from edge_trl.prelaunch_checks import (
+    LaunchError,
+    check_dataset,
+    check_hub_reachable,
+    check_hub_token,
+    check_prompt_length_settings,
+    check_reward,
+    check_vllm_setup,
+    validate_trainer_settings,
+)
 from edge_trl.presets import (
     CPU_DEFAULTS,
-    DEEPSPEED_CONFIGS,
     DEFAULT_DATASET,
     DEFAULT_METHOD,
     DEFAULT_REWARDS,
     GPU_DEFAULTS,
     GPU_MICRO_BATCH,
     GPU_MICRO_BATCH_WITH_VLLM,
-    GPU_ONLY_CONFIGS,
     LORA_LEARNING_RATE_FACTOR,
     METHODS,
     TRAINING_DEFAULTS,
-    shipped_accelerate_configs,
     shipped_recipes,
     vllm_defaults,
 )
 from edge_trl.run_spec import RUN_FILE, RunSpec, run_keys
-from edge_trl.validation import kl_cov_is_noop, kl_cov_noop_message, validate_edge_fields
+
+__all__ = ["LaunchError", "PreparedRun", "TrainRequest", "gpu_count", "launch", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +68,6 @@ LORA_DEFAULTS: dict[str, Any] = {
 # A recipe may write `lora: {r: 8, alpha: 16}` for lora: true, lora_r: 8, lora_alpha: 16.
 RECIPE_LORA_KEYS = {"r", "alpha", "dropout", "target_modules"}
 WORKER = Path(__file__).with_name("worker.py")
-
-
-class LaunchError(ValueError):
-    """Bad input to `edge-trl train`; the message names the option and the fix."""
 
 
 @dataclass
@@ -192,26 +198,6 @@ def alias_recipe(model: Any, method: str | None) -> Path | None:
     return None
 
 
-def gpu_count(precise: bool = False) -> int:
-    """The CUDA devices this machine offers to a run.
-
-    ``precise``: ask torch (seconds to import; used before a real launch). Otherwise count the devices the NVIDIA
-    driver lists in /proc/driver/nvidia/gpus, limited by CUDA_VISIBLE_DEVICES: instant, enough for a dry run.
-    """
-    if precise:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    driver = Path("/proc/driver/nvidia/gpus")
-    devices = len(list(driver.iterdir())) if driver.is_dir() else 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        ids = [item for item in visible.split(",") if item.strip()]
-        ids = ids[: next((i for i, item in enumerate(ids) if item.strip() == "-1"), len(ids))]
-        devices = min(devices, len(ids))
-    return devices
-
-
 # -- the steps of resolve ----------------------------------------------------------------------------------------------
 
 
@@ -252,68 +238,6 @@ def _resolve_model(model: str | None) -> str:
         raise LaunchError(f"--model: {error}") from error
 
 
-def _check_reward(reward: str) -> None:
-    from edge_trl.rewards import get_reward_funcs
-
-    try:
-        get_reward_funcs(reward)
-    except ValueError as error:
-        raise LaunchError(f"--reward: {error}") from error
-
-
-def _check_dataset(run: RunSpec) -> None:
-    """A local dataset is loaded and prepared, so a wrong column or split, a bad answer type or a dataset with no usable
-    row fails here, not on every rank (and dropped rows are reported once)."""
-    from edge_trl.data import DatasetError, load_any_dataset, prepare_math_dataset
-
-    source = str(run.dataset)
-    path = Path(source).expanduser()
-    looks_local = path.exists() or source.startswith((".", "/", "~")) or path.suffix in (".json", ".jsonl", ".parquet")
-    if not looks_local:
-        return  # a Hub id: checked by the workers, which can reach the Hub
-    if not path.exists():
-        raise LaunchError(f"--dataset {source}: no such file or folder.")
-    from datasets.utils.logging import disable_progress_bar, enable_progress_bar
-
-    columns = {"prompt_column": run.prompt_column, "answer_column": run.answer_column,
-               "solution_column": run.solution_column}  # fmt: skip
-    disable_progress_bar()  # a quick look, not a job worth a progress bar
-    try:
-        dataset = load_any_dataset(str(path), split=run.dataset_split)
-        if len(dataset) == 0:
-            raise DatasetError("The dataset is empty: it has no rows to train on.")
-        # Every row: the rows dropped (empty problem or answer) are counted and named here, before processes start.
-        prepared = prepare_math_dataset(dataset, template=run.template, **columns)
-        if run.max_prompt_length is not None:
-            _check_prompt_lengths(run, prepared)
-    except DatasetError as error:
-        raise LaunchError(f"--dataset {source}: {error}") from error
-    finally:
-        enable_progress_bar()
-
-
-def _check_prompt_lengths(run: RunSpec, prepared: Any) -> None:
-    """Prompts longer than ``max_prompt_length``: an error naming them, or counted (``drop_long_prompts``). The
-    tokenizer is loaded only for this check; if it cannot be (a Hub model not reachable from here), the workers check."""
-    from transformers import AutoTokenizer
-
-    from edge_trl.data import check_prompt_lengths
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(run.model)
-    except (OSError, ValueError) as error:
-        logger.debug("no tokenizer for the prompt-length check here (%s): the workers check", error)
-        return
-    check_prompt_lengths(prepared, tokenizer, run.max_prompt_length, drop=bool(run.drop_long_prompts))
-
-
-def _check_prompt_length_settings(run: RunSpec) -> None:
-    if run.max_prompt_length is not None and run.max_prompt_length < 1:
-        raise LaunchError(f"--max-prompt-length {run.max_prompt_length}: must be at least 1 (tokens).")
-    if run.drop_long_prompts and run.max_prompt_length is None:
-        raise LaunchError("--drop-long-prompts needs --max-prompt-length (the limit, in tokens).")
-
-
 def _resolve_lora(run: RunSpec) -> RunSpec:
     given = {key: getattr(run, key) for key in LORA_DEFAULTS if getattr(run, key) is not None}
     if not run.lora:
@@ -326,97 +250,6 @@ def _resolve_lora(run: RunSpec) -> RunSpec:
     if run.lora_dropout is not None and not 0 <= run.lora_dropout <= 1:
         raise LaunchError(f"--lora-dropout {run.lora_dropout}: must be in [0, 1].")
     return dataclasses.replace(run, **{**LORA_DEFAULTS, **given})
-
-
-@dataclass
-class AccelerateSetup:
-    """What `accelerate launch` gets: its arguments, the process count, the environment."""
-
-    config_name: str
-    args: list[str]
-    processes: int
-    env: dict[str, str]
-    target_has_gpu: bool  # the machine the command is for (a dry run may prepare a GPU command on a CPU machine)
-    warnings: list[str]
-
-
-def _accelerate_config_path(name: str) -> tuple[str, Path]:
-    shipped = shipped_accelerate_configs()
-    if name in shipped:
-        return name, shipped[name]
-    path = Path(name).expanduser()
-    if path.is_file():
-        return str(path), path
-    raise LaunchError(
-        f"--accelerate-config {name!r}: not a shipped config ({', '.join(shipped)}) nor an existing file."
-    )
-
-
-def _resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSetup:
-    name, config_path = _accelerate_config_path(run.accelerate_config or ("single_gpu" if gpus else "cpu"))
-    warnings = []
-    target_has_gpu = gpus > 0
-    if name in GPU_ONLY_CONFIGS and not gpus:
-        if not dry_run:
-            raise LaunchError(
-                f"--accelerate-config {name} needs a GPU, and this machine has none (no CUDA device): use "
-                "--accelerate-config cpu to train on CPU processes, or --dry-run to print the command for a GPU machine."
-            )
-        target_has_gpu = True  # a dry run prepares the command for a GPU machine
-        warnings.append(
-            f"this machine has no GPU: the command below is for a GPU machine (--accelerate-config {name}); "
-            "running it here would fail."
-        )
-    if name in DEEPSPEED_CONFIGS and not gpus:
-        warnings.append(
-            f"this machine has no GPU: --accelerate-config {name} runs DeepSpeed on CPU processes here (slow; meant "
-            "for tests). On a GPU machine the command uses one process per GPU."
-        )
-    if name in DEEPSPEED_CONFIGS and importlib.util.find_spec("deepspeed") is None:
-        raise LaunchError(
-            f"--accelerate-config {name} uses DeepSpeed, which is not installed: "
-            'pip install --no-build-isolation "edge-trl[deepspeed]"'
-        )
-    if run.num_machines < 1 or not 0 <= run.machine_rank < run.num_machines:
-        raise LaunchError(
-            f"--num-machines {run.num_machines} --machine-rank {run.machine_rank}: need num_machines >= 1 and "
-            "0 <= machine_rank < num_machines."
-        )
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if run.num_processes is not None:
-        processes = run.num_processes
-    elif name == "single_gpu":
-        processes = 1
-    elif gpus and name in (*GPU_ONLY_CONFIGS, *DEEPSPEED_CONFIGS):
-        processes = gpus * run.num_machines
-    else:
-        processes = int(config.get("num_processes", 1))
-        if target_has_gpu and not gpus:
-            warnings.append(f"{processes} processes in all, from the config: pass --num-processes for your machines.")
-    if processes < 1:
-        raise LaunchError(f"--num-processes {processes}: must be at least 1.")
-    if name == "single_gpu" and processes > 1:
-        raise LaunchError("--accelerate-config single_gpu runs one process: use multi_gpu (or a zero config).")
-
-    on_cpu = not target_has_gpu
-    if on_cpu and processes == 1 and name == "cpu":  # one CPU process: accelerate's plain CPU launcher
-        args = ["--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no",
-                "--dynamo_backend", "no"]  # fmt: skip
-    else:
-        args = ["--config_file", str(config_path), "--num_processes", str(processes)]
-        args += ["--num_machines", str(run.num_machines), "--machine_rank", str(run.machine_rank)]
-        if run.main_process_ip:
-            args += ["--main_process_ip", run.main_process_ip]
-        if run.main_process_port:
-            args += ["--main_process_port", str(run.main_process_port)]
-        if on_cpu and processes > 1 and config.get("distributed_type") == "MULTI_GPU":
-            args += ["--multi_gpu"]  # several CPU processes: torchrun + gloo (accelerate's --cpu starts only one)
-    env = {}
-    if on_cpu:
-        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
-        # DeepSpeed, once imported, warns "Setting accelerator to CPU ... unable to detect it" unless told
-        env["DS_ACCELERATOR"] = os.environ.get("DS_ACCELERATOR", "cpu")
-    return AccelerateSetup(name, args, processes, env, target_has_gpu, warnings)
 
 
 def _trainer_settings(
@@ -450,36 +283,6 @@ def _use_activation_checkpointing_name(settings: dict[str, Any], user: dict[str,
         settings["activation_checkpointing"] = user["gradient_checkpointing"]
     elif value is not None and "activation_checkpointing" not in user:
         settings["activation_checkpointing"] = value
-
-
-def _check_vllm(run: RunSpec, trainer: dict[str, Any], accelerate: AccelerateSetup, dry_run: bool) -> list[str]:
-    """A vLLM run's checks before any process starts (edge_trl.vllm_support.check_vllm): vLLM installed and of a
-    tested version, a reachable server, a head_dim the CPU backend takes. A real run refuses (exit 2); a dry run, which
-    may prepare the command for another machine, warns. On CPU the child processes get vLLM's CPU settings."""
-    if not trainer.get("use_vllm"):
-        return []
-    from edge_trl.vllm_support import VLLMSetupError, check_vllm, cpu_environment
-
-    mode = trainer.get("vllm_mode", "colocate")
-    warnings = []
-    try:
-        check_vllm(
-            mode, run.model, server_host=trainer.get("vllm_server_host", "0.0.0.0"),
-            server_port=int(trainer.get("vllm_server_port", 8000)),
-            timeout=float(trainer.get("vllm_server_timeout", 240.0)), on_cpu=not accelerate.target_has_gpu,
-        )  # fmt: skip
-    except VLLMSetupError as error:
-        if not dry_run:
-            raise LaunchError(str(error)) from error
-        warnings.append(f"{error} (dry run: printed anyway)")
-    if not accelerate.target_has_gpu:
-        accelerate.env.update(cpu_environment())
-        if accelerate.processes > 1:
-            warnings.append(
-                f"vLLM colocate on {accelerate.processes} CPU processes is untested (one vLLM engine per process): "
-                "use --num-processes 1."
-            )
-    return warnings
 
 
 def apply_lora_learning_rate(settings: dict[str, Any], explicit: set[str]) -> str | None:
@@ -521,89 +324,6 @@ def fit_gpu_micro_batch(settings: dict[str, Any], explicit: set[str]) -> str | N
         f"{accumulation * factor} (same batch; fits 24 GB, see the memory table); --per-device-train-batch-size "
         "keeps yours."
     )
-
-
-def validate_trainer_settings(
-    settings: dict[str, Any], num_processes: int, fields: dict[str, ConfigField]
-) -> list[str]:
-    """EdgeGRPOConfig's own checks plus TRL's batch checks, without importing trl; returns the warnings.
-
-    Normalises ``settings`` in place (``cov_mode='kl-cov'`` -> ``'kl_cov'``), so the run reads what was checked.
-    """
-    values = {name: config_field.default for name, config_field in fields.items()}
-    values.update(settings)
-    if values.get("steps_per_generation") is None:
-        values["steps_per_generation"] = values["gradient_accumulation_steps"]
-    config = SimpleNamespace(**values)
-    cov_modes = tuple(mode for mode in fields["cov_mode"].choices or () if mode != "none")
-    try:
-        validate_edge_fields(config, cov_modes=cov_modes)
-    except ValueError as error:
-        raise LaunchError(str(error)) from error
-    if "cov_mode" in settings:
-        settings["cov_mode"] = config.cov_mode
-    if config.num_generations < 2:
-        raise LaunchError(f"num_generations={config.num_generations}: GRPO needs at least 2 generations per prompt.")
-    batch = config.per_device_train_batch_size * num_processes * config.steps_per_generation
-    if batch % config.num_generations:
-        raise LaunchError(
-            f"per_device_train_batch_size ({config.per_device_train_batch_size}) x processes ({num_processes}) x "
-            f"steps_per_generation ({config.steps_per_generation}) = {batch} completions per rollout is not a "
-            f"multiple of num_generations={config.num_generations}: change per_device_train_batch_size or "
-            "num_generations."
-        )
-    steps = (config.gradient_accumulation_steps, config.steps_per_generation, config.num_iterations)
-    if config.cov_mode == "kl_cov" and kl_cov_is_noop(*steps):
-        return [kl_cov_noop_message(*steps)]
-    return []
-
-
-def _check_hub_token(settings: dict[str, Any]) -> None:
-    if not settings.get("push_to_hub"):
-        return
-    from huggingface_hub import get_token
-
-    if get_token() is None:
-        raise LaunchError(
-            "--push-to-hub needs a Hugging Face token: run `hf auth login` (or `huggingface-cli login`) or set "
-            "HF_TOKEN; --hub-model-id alone does not give write access."
-        )
-
-
-def check_hub_reachable(settings: dict[str, Any]) -> None:
-    """Before any process starts: a ``--push-to-hub`` run fails here, in seconds, when the Hub cannot be reached
-    (offline mode, no network, a wrong HF_ENDPOINT) or rejects the token, instead of in every rank's Trainer set-up
-    after the model has loaded. One ``whoami`` call checks the endpoint and the token at once."""
-    if not settings.get("push_to_hub"):
-        return
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    later = (
-        "Or train without --push-to-hub and upload the result afterwards: hf upload "
-        f"{settings.get('hub_model_id') or '<repo-id>'} {settings.get('output_dir')}"
-    )
-    try:
-        HfApi().whoami()
-    except OfflineModeIsEnabled:
-        raise LaunchError(
-            f"--push-to-hub: HF_HUB_OFFLINE is set, so the Hub cannot be reached. Unset it to push. {later}"
-        ) from None
-    except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status in (401, 403):
-            raise LaunchError(
-                f"--push-to-hub: the Hub rejected the token (HTTP {status}): run `hf auth login` or set a valid "
-                f"HF_TOKEN with write access. {later}"
-            ) from None
-        raise LaunchError(
-            f"--push-to-hub: the Hub at {constants.ENDPOINT} answered {error}. Retry later. {later}"
-        ) from None
-    except Exception as error:  # network errors of the HTTP client (httpx, requests) share no base class
-        raise LaunchError(
-            f"--push-to-hub: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}: {error}). Check "
-            f"the network (and HF_ENDPOINT) and retry. {later}"
-        ) from None
 
 
 def _resolve_resume(resume: str | None, output_dir: Path, warnings: list[str]) -> str | None:
@@ -657,12 +377,12 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
         dataset=run.dataset or DEFAULT_DATASET, dataset_split=run.dataset_split or "train",
         template=run.template or "chat", recipe=str(recipe) if recipe else None,
     )  # fmt: skip
-    _check_reward(run.reward)
-    _check_prompt_length_settings(run)
+    check_reward(run.reward)
+    check_prompt_length_settings(run)
     if not run.uses_embedded_task:
-        _check_dataset(run)
+        check_dataset(run)
     run = _resolve_lora(run)
-    accelerate = _resolve_accelerate(run, gpus, request.dry_run)
+    accelerate = resolve_accelerate(run, gpus, request.dry_run)
     run = dataclasses.replace(run, accelerate_config=accelerate.config_name, num_processes=accelerate.processes)
 
     trainer = _trainer_settings(run, user_trainer, embedded_training, accelerate.target_has_gpu)
@@ -671,8 +391,8 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     if accelerate.target_has_gpu:
         notes.append(fit_gpu_micro_batch(trainer, explicit))
     warnings = [*accelerate.warnings, *validate_trainer_settings(trainer, accelerate.processes, fields)]
-    warnings += _check_vllm(run, trainer, accelerate, request.dry_run)
-    _check_hub_token(trainer)
+    warnings += check_vllm_setup(run, trainer, accelerate, request.dry_run)
+    check_hub_token(trainer)
     if not request.dry_run:  # a dry run may prepare the command for another machine: no network
         check_hub_reachable(trainer)
     if run.lora and accelerate.config_name in ("zero3", "zero3_offload"):
