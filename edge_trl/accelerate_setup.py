@@ -14,6 +14,16 @@ from edge_trl.prelaunch_checks import LaunchError
 from edge_trl.presets import DEEPSPEED_CONFIGS, GPU_ONLY_CONFIGS, shipped_accelerate_configs
 from edge_trl.run_spec import RunSpec
 
+# Where FSDP stops on CPU processes (accelerate 1.15, torch 2.13), tested in tests/test_distributed.py: torch's FSDP2
+# (`fully_shard`) itself shards, trains and generates on CPU over gloo, but accelerate's AcceleratorState switches to
+# FSDP only from a GPU-family distributed type (accelerate/state.py, AcceleratorState.__init__): CPU processes are
+# MULTI_CPU with use_cpu (PartialState._prepare_backend), or NO without, so the FSDP plugin would be dropped and the
+# model silently wrapped in DDP instead.
+FSDP_NEEDS_GPU = (
+    "FSDP cannot run on CPU processes through accelerate (1.15): it would drop the FSDP plugin and train plain DDP "
+    "without saying so."
+)
+
 
 def gpu_count(precise: bool = False) -> int:
     """The CUDA devices this machine offers to a run.
@@ -61,12 +71,15 @@ def accelerate_config_path(name: str) -> tuple[str, Path]:
 
 def resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSetup:
     name, config_path = accelerate_config_path(run.accelerate_config or ("single_gpu" if gpus else "cpu"))
+    config = yaml.safe_load(config_path.read_text()) or {}
     warnings = []
     target_has_gpu = gpus > 0
-    if name in GPU_ONLY_CONFIGS and not gpus:
+    fsdp = config.get("distributed_type") == "FSDP"
+    if (name in GPU_ONLY_CONFIGS or fsdp) and not gpus:
+        why = f" {FSDP_NEEDS_GPU}" if fsdp else ""
         if not dry_run:
             raise LaunchError(
-                f"--accelerate-config {name} needs a GPU, and this machine has none (no CUDA device): use "
+                f"--accelerate-config {name} needs a GPU, and this machine has none (no CUDA device).{why} Use "
                 "--accelerate-config cpu to train on CPU processes, or --dry-run to print the command for a GPU machine."
             )
         target_has_gpu = True  # a dry run prepares the command for a GPU machine
@@ -89,7 +102,6 @@ def resolve_accelerate(run: RunSpec, gpus: int, dry_run: bool) -> AccelerateSetu
             f"--num-machines {run.num_machines} --machine-rank {run.machine_rank}: need num_machines >= 1 and "
             "0 <= machine_rank < num_machines."
         )
-    config = yaml.safe_load(config_path.read_text()) or {}
     if run.num_processes is not None:
         processes = run.num_processes
     elif name == "single_gpu":

@@ -218,7 +218,10 @@ def load_resume_state(
     import torch
 
     rollout_path = folder / ROLLOUT_FILE.format(process=process_index)
-    buffered = torch.load(rollout_path, map_location=device, weights_only=True) if rollout_path.is_file() else None
+    # A CPU process's device can be "cpu:0" (several CPU processes under accelerate), which torch.load's
+    # map_location does not accept: CPU devices load to plain "cpu".
+    location = "cpu" if torch.device(device).type == "cpu" else device
+    buffered = torch.load(rollout_path, map_location=location, weights_only=True) if rollout_path.is_file() else None
     return state, buffered
 
 

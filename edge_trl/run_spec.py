@@ -10,6 +10,7 @@ adding a field here (and reading it where it acts).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,17 @@ class RunSpec:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
 
     def save(self, path: Path) -> None:
+        """Written whole or not at all (a temporary file renamed): a worker never reads a half-written run."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(self.to_yaml())
+        os.replace(partial, path)
+
+    @property
+    def run_file_name(self) -> str:
+        """``edge_trl_run.yaml``; on machine rank k > 0 of a multi-machine run, ``edge_trl_run.machine{k}.yaml``, so
+        that machines sharing one output directory do not overwrite each other's run (it differs in machine_rank)."""
+        return RUN_FILE if not self.machine_rank else RUN_FILE.replace(".yaml", f".machine{self.machine_rank}.yaml")
 
     @classmethod
     def load(cls, path: Path) -> RunSpec:

@@ -14,6 +14,10 @@ from typing import Any
 
 from edge_trl.run_spec import RunSpec
 
+# Exit codes of a worker (and of `edge-trl train`): 2 bad input, 3 the Hub push failed (the model is saved locally),
+# 4 the final model folder does not load (the checkpoints are kept).
+EXIT_MODEL_NOT_SAVED = 4
+
 
 def build_trainer(run: RunSpec) -> Any:
     from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
@@ -96,12 +100,70 @@ def _report_preemption(trainer: Any, preemption: Any) -> int:
     return 128 + int(signum)
 
 
+def start_cpu_process_group(settings: dict[str, Any]) -> None:
+    """Start the gloo process group of a multi-process CPU run with the run's ``ddp_timeout``.
+
+    transformers 5.24 passes ``ddp_timeout`` to the process group only off CPU (``TrainingArguments._setup_devices``
+    drops it with ``use_cpu``), so a CPU rank whose peer froze would wait torch's default 30 minutes. accelerate and
+    DeepSpeed reuse a group that is already started.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not settings.get("use_cpu"):
+        return
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=float(settings.get("ddp_timeout", 1800))))
+
+
+def final_save_problems(trainer: Any, adapter: bool) -> list[str]:
+    """What keeps the final folder from loading (edge_trl.saved_model), checked by the main process against the
+    trained model's parameters and shared with every process, so that all of them skip the (collective) push
+    alike."""
+    from accelerate.utils import broadcast_object_list
+
+    from edge_trl.saved_model import expected_parameters, saved_model_problems
+
+    problems: list[Any] = [None]
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        expected = expected_parameters(model)
+        if adapter:  # the adapter file holds the trainable (LoRA) parameters only
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            expected = {name: shape for name, shape in expected.items() if name in trainable}
+        problems = [saved_model_problems(trainer.args.output_dir, expected, adapter=adapter)]
+    if trainer.accelerator.num_processes > 1:
+        broadcast_object_list(problems)
+    return problems[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     silence_unactionable_warnings()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run", type=Path, required=True, help="the run file written by `edge-trl train`")
     options = parser.parse_args(argv)
     run = RunSpec.load(options.run)
+    start_cpu_process_group(run.trainer)
+    try:
+        return train(run)
+    finally:
+        end_process_group()
+
+
+def end_process_group() -> None:
+    """Close the process group before the interpreter exits: left open, a rank can abort at exit ("terminate called
+    without an active exception", seen with ZeRO-3 on CPU) after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def train(run: RunSpec) -> int:
+    """Build the trainer, train, save (checked), push; the exit code."""
     try:
         trainer = build_trainer(run)
     except (ValueError, TypeError, OSError) as error:
@@ -117,6 +179,19 @@ def main(argv: list[str] | None = None) -> int:
     trainer.save_model()
     trainer.args.push_to_hub = push
     output_dir = trainer.args.output_dir
+    problems = final_save_problems(trainer, adapter=run.lora)
+    if problems:  # never say "saved", nor push, what does not load
+        if trainer.is_world_process_zero():
+            from edge_trl.saved_model import recovery_hint
+
+            listed = "".join(f"\n  - {problem}" for problem in problems)
+            print(
+                f"error: training finished, but the model saved in {output_dir} does not load:{listed}\n"
+                f"The checkpoints are kept. {recovery_hint(output_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return EXIT_MODEL_NOT_SAVED
     if push:
         try:
             trainer.push_to_hub(dataset_name=run.dataset)
