@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -62,16 +63,52 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as it is; the message says what to change."""
 
 
-def load_any_dataset(source: str, split: str = "train") -> Any:
-    """A ``datasets.Dataset`` from a local JSON/JSONL/Parquet file, a ``save_to_disk`` folder, or a Hub dataset id.
+# Datasets shipped inside the package, by the name `--dataset` takes: file in `edge_trl/assets/datasets/` (whose
+# PROVENANCE.md says where each comes from and under which terms). They load offline.
+SHIPPED_DATASETS: dict[str, str] = {
+    # EDGE-GRPO's training set (train_grpo.sh: ./train_data/deepscaler_hard-1k.json), 1,000 DeepScaleR problems.
+    "deepscaler-hard-1k": "deepscaler_hard_1k.json.gz",
+}
 
-    For a folder holding a ``DatasetDict`` (several splits) ``split`` picks one; the error lists the splits.
-    """
-    from pathlib import Path
+
+def shipped_dataset_path(name: str) -> Path | None:
+    """The file of a shipped dataset named ``name`` (see `SHIPPED_DATASETS`), or None for any other name."""
+    filename = SHIPPED_DATASETS.get(str(name).strip().lower())
+    if filename is None:
+        return None
+    from importlib import resources
+
+    return Path(str(resources.files("edge_trl") / "assets" / "datasets" / filename))
+
+
+def load_shipped_dataset(name: str, split: str = "train") -> Any:
+    """A shipped dataset (`SHIPPED_DATASETS`) as a ``datasets.Dataset``, read from the package: no network, no cache."""
+    import gzip
+    import json
 
     import datasets
 
+    path = shipped_dataset_path(name)
+    if path is None:
+        raise DatasetError(f"{name!r} is not a shipped dataset; the shipped ones are {', '.join(SHIPPED_DATASETS)}.")
+    if split != "train":
+        raise DatasetError(f"The shipped dataset {name} has one split, 'train', not {split!r}: drop the split option.")
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        return datasets.Dataset.from_list(json.load(file))
+
+
+def load_any_dataset(source: str, split: str = "train") -> Any:
+    """A ``datasets.Dataset`` from a shipped dataset's name (`SHIPPED_DATASETS`, e.g. ``deepscaler-hard-1k``), a local
+    JSON/JSONL/Parquet file, a ``save_to_disk`` folder, or a Hub dataset id.
+
+    A local file or folder of the same name as a shipped dataset wins over it. For a folder holding a ``DatasetDict``
+    (several splits) ``split`` picks one; the error lists the splits.
+    """
+    import datasets
+
     path = Path(source).expanduser()
+    if not path.exists() and shipped_dataset_path(source) is not None:
+        return load_shipped_dataset(source, split=split)
     if path.is_file():
         suffix = path.suffix.lower()
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(suffix)

@@ -30,7 +30,10 @@ def fix_model_card(text: str, base_model: str | None, model_location: str, datas
     text = text.replace("# Model Card for None\n", f"# Model Card for {name}\n")
     text = text.replace("\nmodel_name: None\n", f"\nmodel_name: {name}\n")
     if dataset_name and not _is_hub_id(dataset_name):
+        from edge_trl.data import shipped_dataset_path
+
+        where = "shipped with edge-trl" if shipped_dataset_path(dataset_name) else "local data"
         text = text.replace(
-            f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})", f"`{dataset_name}` (local data)"
+            f"[{dataset_name}](https://huggingface.co/datasets/{dataset_name})", f"`{dataset_name}` ({where})"
         )
     return text

@@ -8,14 +8,16 @@ from pathlib import Path
 from typing import Any
 
 # Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them. They
-# carry the authors' settings, scaled to one GPU: docs/authors_recipes.md maps each setting of the authors' scripts
-# (EDGE-GRPO's train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values.
+# carry the authors' settings, scaled to one GPU: docs/recipes.md maps each setting of the authors' scripts (EDGE-GRPO's
+# train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values, with file:line.
+# Lengths are not here: the CLI default (1024 new tokens) fits one GPU; the shipped recipes carry the authors' lengths.
 EDGE_GRPO_SETTINGS: dict[str, Any] = {
     # train_grpo.sh: 8 GPUs x per_device_train_batch_size 1 x GA 1 = one prompt's 8 responses per optimizer step,
     # on-policy, beta 0, max_completion_length 1024; the rest from the defaults of their TRL fork's grpo_config.py
     # (num_generations 8, learning_rate 1e-6, temperature 0.6, epsilon 0.2, loss_type bnpo). bnpo over a micro-batch
     # of one sequence, averaged over 8 ranks, is TRL's "grpo" (per-sequence token mean, then mean over sequences),
-    # which stays the same whatever the micro-batch split on one GPU.
+    # which stays the same whatever the micro-batch split on one GPU. Schedule (linear decay, no warmup), weight decay
+    # 0 and gradient clipping 1.0 are the fork's TrainingArguments defaults and TRL 1.16's alike: not repeated here.
     "num_generations": 8,
     "per_device_train_batch_size": 8,
     "gradient_accumulation_steps": 1,
@@ -31,7 +33,9 @@ EDGE_GRPO_SETTINGS: dict[str, Any] = {
 # per rollout, off-policy after the first), 8 responses per prompt, temperature 1.0, verl's token-mean loss (a masked
 # mean over each micro-batch divided by the accumulation steps: TRL's "bnpo"). One GPU, same 8:1 ratio: an optimizer
 # step of one prompt's 8 responses, a rollout of 8 prompts (steps_per_generation 8 = 8 optimizer steps when
-# gradient_accumulation_steps is 1).
+# gradient_accumulation_steps is 1). The optimizer as the 7B scripts set it: AdamW at lr 5e-7 (the 32B scripts: 1e-6),
+# constant (verl's actor scheduler is constant with no warmup, whatever warmup_style says), weight decay 0 (verl's
+# default is 0.01), gradient norm clipped at 1.0; no KL to a reference (use_kl_loss False).
 COV_ROLLOUT_SETTINGS: dict[str, Any] = {
     "num_generations": 8,
     "per_device_train_batch_size": 8,
@@ -40,6 +44,11 @@ COV_ROLLOUT_SETTINGS: dict[str, Any] = {
     "num_iterations": 1,
     "temperature": 1.0,
     "loss_type": "bnpo",
+    "learning_rate": 5e-7,
+    "lr_scheduler_type": "constant",
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "beta": 0.0,
 }
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {},
@@ -118,6 +127,10 @@ def vllm_defaults(target_has_gpu: bool) -> dict[str, Any]:
     return {"use_vllm": True, "vllm_mode": "colocate"}
 
 
+# The dataset of a run that names none and whose recipe names none: a Hub id (--model Qwen/...), a model alias without
+# a recipe for the method, the Clip-Cov/KL-Cov recipes (the authors' own data, built from DAPO-Math-17k with a boxed
+# answer prompt, is not on the Hub in a form that loads). The qwen2.5-math-1.5b recipe trains on the paper's data,
+# the shipped `deepscaler-hard-1k` (edge_trl.data.SHIPPED_DATASETS), 1,000 of these 40,315 problems.
 DEFAULT_DATASET = "agentica-org/DeepScaleR-Preview-Dataset"
 DEFAULT_REWARDS = "format,accuracy"  # EDGE-GRPO's format 1 + accuracy 1
 

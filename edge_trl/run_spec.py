@@ -46,8 +46,9 @@ class RunSpec:
     dataset: str | None = field(
         default=None,
         metadata={
-            "help": "Hub dataset id, local JSON/JSONL/Parquet file or save_to_disk folder "
-            "(default agentica-org/DeepScaleR-Preview-Dataset)."
+            "help": "Hub dataset id, local JSON/JSONL/Parquet file, save_to_disk folder, or a dataset shipped with "
+            "edge-trl: deepscaler-hard-1k (EDGE-GRPO's 1,000 problems). Default: the model alias's recipe's, else "
+            "agentica-org/DeepScaleR-Preview-Dataset."
         },
     )
     dataset_split: str | None = field(default=None, metadata={"help": "Split to train on (default train)."})

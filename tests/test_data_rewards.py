@@ -106,6 +106,24 @@ def test_loader_errors(tmp_path):
         load_any_dataset(str(tmp_path))
 
 
+def test_shipped_deepscaler_hard_1k_loads_offline(tmp_path, monkeypatch):
+    """EDGE-GRPO's training set ships in the package and loads by name, offline (conftest sets HF_*_OFFLINE)."""
+    monkeypatch.chdir(tmp_path)  # no local file of that name here
+    dataset = load_any_dataset("deepscaler-hard-1k")
+    assert len(dataset) == 1000 and {"problem", "answer", "solution"} <= set(dataset.column_names)
+    prepared = prepare_math_dataset(dataset)  # what the worker does with it
+    assert len(prepared) == 1000 and all(isinstance(a, str) and a for a in prepared["answer"])
+    assert all(isinstance(s, str) and s for s in prepared["solution"])
+    shared = SHARED_DATA / "train_data" / "deepscaler_hard-1k.json"
+    if shared.exists():  # the authors' file, row for row
+        assert dataset.to_list() == json.loads(shared.read_text())
+    with pytest.raises(DatasetError, match="has one split, 'train', not 'test'"):
+        load_any_dataset("deepscaler-hard-1k", split="test")
+    (tmp_path / "deepscaler-hard-1k").write_text("x")  # a local file of the same name wins
+    with pytest.raises(DatasetError, match="unsupported file type"):
+        load_any_dataset("deepscaler-hard-1k")
+
+
 @pytest.mark.skipif(not SHARED_DATA.exists(), reason="../shared/data/edge-grpo not present")
 def test_real_edge_grpo_files_load_and_prepare():
     train = prepare_math_dataset(load_any_dataset(str(SHARED_DATA / "train_data" / "deepscaler_hard-1k.json")))

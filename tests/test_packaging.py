@@ -41,9 +41,12 @@ def test_wheel_layout(wheel):
     top_level = {name.split("/")[0] for name in names}
     assert "cli" not in top_level and "accelerate_configs" not in top_level
     assert {"edge_trl/cli/main.py", "edge_trl/accelerate_configs/cpu.yaml", "edge_trl/core_algos.py"} <= set(names)
-    assert {"edge_trl/assets/embedded-adder/model.safetensors", "edge_trl/recipes/kl_cov_qwen2.5_math_7b.yaml"} <= set(
-        names
-    )
+    assert {
+        "edge_trl/assets/embedded-adder/model.safetensors",
+        "edge_trl/recipes/kl_cov_qwen2.5_math_7b.yaml",
+        "edge_trl/assets/datasets/deepscaler_hard_1k.json.gz",
+        "edge_trl/assets/datasets/PROVENANCE.md",
+    } <= set(names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "edge-trl = edge_trl.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

@@ -1,4 +1,4 @@
-"""The main use case done right (issue 14 items 2-5) and the authors' recipes (issue 10 item 2).
+"""The main use case done right (issue 14 items 2-5) and the authors' recipes (issues 10 item 2, 18 item 2).
 
 Dry runs of the real CLI for the resolution rules; real subprocesses for the Hub check, signals and noise.
 """
@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 from edge_trl import launch
 from edge_trl.cli.main import app
 from edge_trl.model_card import fix_model_card
+from edge_trl.presets import shipped_recipes
 from edge_trl.testing import tiny_addition_dataset
 
 runner = CliRunner()
-README = Path(__file__).resolve().parents[1] / "README.md"
+RECIPES_DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
 
 @pytest.fixture
@@ -92,11 +93,9 @@ def test_lora_scales_the_default_learning_rate_and_an_explicit_one_wins(tmp_path
     own.write_text("learning_rate: 4.0e-6\n")
     notes, spec = dry_run(*base, "--lora", "--config", str(own))  # the user's own recipe is explicit
     assert spec["trainer"]["learning_rate"] == 4e-6 and "LoRA Without Regret" not in notes
-    # a shipped recipe holds full fine-tuning values, by alias as by --config
-    _, spec = dry_run(
-        "--model", "qwen2.5-math-1.5b", "--dataset", str(small_data_file), "--num-processes", "1", "--lora"
-    )
-    assert spec["trainer"]["learning_rate"] == 1e-5
+    # a shipped recipe holds full fine-tuning values; the main use case, with no --dataset, trains on the paper's data
+    _, spec = dry_run("--model", "qwen2.5-math-1.5b", "--lora", "--num-processes", "1")
+    assert spec["trainer"]["learning_rate"] == 1e-5 and spec["dataset"] == "deepscaler-hard-1k"
 
 
 # -- 14.4: GPU defaults ------------------------------------------------------------------------------------------------
@@ -155,20 +154,22 @@ def test_cpu_defaults_train_a_bf16_checkpoint_in_fp32(tmp_path, tiny_model_path,
     assert trainer.model.dtype == torch.float32
 
 
-# -- 10.2: the authors' recipes ----------------------------------------------------------------------------------------
+# -- 10.2, 18.2: the authors' recipes (docs/recipes.md) ----------------------------------------------------------------
 
 
-def authors_table() -> list[dict[str, str]]:
-    text = README.read_text()
-    table = text.split("<!-- authors-table -->")[1].split("<!-- /authors-table -->")[0].strip().splitlines()
+def doc_table(marker: str) -> list[dict[str, str]]:
+    """The rows of the table between ``<!-- marker -->`` and ``<!-- /marker -->`` in docs/recipes.md, by header."""
+    text = RECIPES_DOC.read_text()
+    table = text.split(f"<!-- {marker} -->")[1].split(f"<!-- /{marker} -->")[0].strip().splitlines()
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in row.strip("|").split("|")), strict=True)) for row in table[2:]]
 
 
 @pytest.mark.parametrize("method", ["edge", "clip-cov", "kl-cov"])
 def test_presets_resolve_to_the_authors_table(tiny_model_path, small_data_file, method):
-    rows = authors_table()
-    assert len(rows) >= 15
+    rows = doc_table("authors-table")
+    assert len(rows) >= 20
+    assert all(re.search(r"\.(sh|py|yaml):\d+", row["source"]) for row in rows)  # every row cites file:line
     _, spec = dry_run("--model", str(tiny_model_path), "--dataset", str(small_data_file), "--num-processes", "1",
                       "--method", method)  # fmt: skip
     checked = 0
@@ -178,7 +179,22 @@ def test_presets_resolve_to_the_authors_table(tiny_model_path, small_data_file, 
             continue
         assert spec["trainer"][field] == yaml.safe_load(cell), (method, field)
         checked += 1
-    assert checked >= 8
+    assert checked >= 10
+
+
+@pytest.mark.parametrize(
+    "recipe", ["edge_grpo_qwen2.5_math_1.5b", "kl_cov_qwen2.5_math_7b", "kl_cov_qwen2.5_7b", "clip_cov_qwen2.5_7b"]
+)
+def test_shipped_recipes_resolve_to_the_recipes_table(recipe):
+    """Each recipe through its model alias, as a user runs it: every cell is the resolved value ('–': not set)."""
+    rows = doc_table("recipes-table")
+    shipped = yaml.safe_load(shipped_recipes()[recipe].read_text())
+    notes, spec = dry_run("--model", shipped["model"], "--method", shipped["method"], "--num-processes", "1")
+    assert f"recipe {recipe}.yaml applied" in notes
+    for row in rows:
+        field, cell = row["field"].strip("`"), row[recipe]
+        value = spec["trainer"].get(field) if field not in spec else spec[field]
+        assert value == (None if cell == "–" else yaml.safe_load(cell)), (recipe, field)
 
 
 # -- 14.5: smaller things ----------------------------------------------------------------------------------------------
@@ -209,6 +225,8 @@ def test_model_card_names_the_base_model(tmp_path, tiny_model_path):
     assert f"fine-tuned version of `{tiny_model_path}` (a local model)" in card
     assert f'pipeline("text-generation", model="{tmp_path / "out"}"' in card
     assert "`/data/train.jsonl` (local data)" in card and "huggingface.co/datasets//data" not in card
+    shipped = "[deepscaler-hard-1k](https://huggingface.co/datasets/deepscaler-hard-1k)"
+    assert fix_model_card(shipped, None, "out", "deepscaler-hard-1k") == "`deepscaler-hard-1k` (shipped with edge-trl)"
     # a Hub base model and a pushed repository keep their links
     hub = fix_model_card(
         'of [None](https://huggingface.co/None).\nmodel="None"', "Qwen/Qwen2.5-Math-1.5B", "me/m", None
