@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
     trainer.save_model()
     trainer.args.push_to_hub = push
+    # The run's card replaces the one PEFT wrote beside an adapter (its base model as a local path), so the folder is
+    # ready for `hf upload` too; a push writes it again.
+    trainer.create_model_card(dataset_name=run.dataset)
     output_dir = trainer.args.output_dir
     if push:
         try:
