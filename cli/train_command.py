@@ -12,6 +12,7 @@ Only flags given on the command line override; the others leave the lower layers
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +208,11 @@ def _code(text: Any) -> str:
     return f"<code>{_text(str(text))}</code>"
 
 
+def _default(value: Any) -> str:
+    """A default as Python writes it for strings (quotes show leading spaces, ``\\n`` a line break), else as text."""
+    return _code(json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value)
+
+
 def flag_reference() -> str:
     """The flags of `edge-trl train` as a Markdown page, built from the fields the command itself is built from
     (`option_fields`, in the sections of ``train --help``): the docs' flag reference (docs/hooks.py), so it cannot
@@ -242,7 +248,7 @@ def flag_reference() -> str:
                 value = " ".join(_code(c) for c in config_field.choices or ()) or config_field.kind
             default = _shown_default(config_field)
             lines.append(
-                f'| <span id="{config_field.name}"></span>{flag} | {value} | {"" if default is None else _code(default)} '
+                f'| <span id="{config_field.name}"></span>{flag} | {value} | {"" if default is None else _default(default)} '
                 f"| {_text(config_field.help)} |"
             )
     return "\n".join(lines) + "\n"

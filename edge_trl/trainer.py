@@ -782,7 +782,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 ):
                     final[key] = value
         dataset = self.train_dataset
-        prompt = dataset[0]["prompt"] if dataset is not None and "prompt" in (dataset.column_names or []) else None
+        columns = getattr(dataset, "column_names", None) or []
+        prompt = next(iter(dataset))["prompt"] if "prompt" in columns else None  # also for an IterableDataset
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         stop_ids = [
             *self.end_of_turn_token_ids,

@@ -60,6 +60,7 @@ def test_every_page_is_in_the_nav_and_built(site):
 
 
 def test_flag_reference_covers_every_config_field(site):
+    from edge_trl.cli.train_command import option_fields
     from edge_trl.config import EdgeGRPOConfig
 
     reference = html.unescape(page_html(site, "cli-reference.md"))
@@ -69,6 +70,10 @@ def test_flag_reference_covers_every_config_field(site):
         name for name in fields if f'id="{name}"' not in reference or "--" + name.replace("_", "-") not in reference
     ]
     assert not missing, f"not in the flag reference: {missing}"
+    # each row holds its field's help: a line break or a | in a cell would split the row
+    rows = dict(re.findall(r'<tr>\s*<td><span id="(\w+)"></span>(.*?)</tr>', reference, flags=re.S))
+    broken = [f.name for f in option_fields() if f.help[:40] not in rows.get(f.name, "")]
+    assert not broken, broken
     # help text and defaults come through, escaped into plain text
     assert "Entropy-Driven Advantage" in reference and "<code>--cov-mode</code>" in reference
 
