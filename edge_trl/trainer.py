@@ -744,10 +744,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------------------------
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None):
-        """TRL's model card, plus the edge-trl method, its settings, the dataset and the final metrics."""
+        """The run's model card (``<output_dir>/README.md``, pushed with the model): a math problem in the trained
+        prompt format, an adapter loaded on its base model and merged, the method with its settings, the dataset,
+        the final metrics and the method's papers, with public names only (`edge_trl.model_card`). TRL writes its
+        card first; its tracker badges, framework versions and citations are kept."""
         super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
         if not self.is_world_process_zero():
             return
+        from edge_trl.model_card import CardRun, render_model_card
         from edge_trl.presets import describe_method
 
         info = self.edge_run_info
@@ -777,35 +781,40 @@ class EdgeGRPOTrainer(GRPOTrainer):
                     key in ("reward", "train_loss", "entropy") or key.startswith(("rewards/", "edge/", "gec/"))
                 ):
                     final[key] = value
-        lines = [
-            "",
-            "## Trained with edge-trl",
-            "",
-            f"- Base model: `{info.get('model', self.model.config._name_or_path)}`",
-            f"- Method: {describe_method(args)}" + (f" (`--method {info['method']}`)" if "method" in info else ""),
-            f"- Dataset: `{dataset_name or info.get('dataset', 'unknown')}`",
-            f"- Steps: {self.state.global_step}",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            *(f"| `{k}` | {v} |" for k, v in settings.items()),
-            "",
-            "Final metrics (last logged value):",
-            "",
-            "| metric | value |",
-            "|---|---|",
-            *(f"| `{k}` | {v:.4g} |" for k, v in sorted(final.items())),
-            "",
+        dataset = self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        prompt = next(iter(dataset))["prompt"] if "prompt" in columns else None  # also for an IterableDataset
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+        stop_ids = [
+            *self.end_of_turn_token_ids,
+            *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []),
         ]
-        from edge_trl.model_card import fix_model_card
-
+        papers = [
+            *(["edge-grpo"] if args.eda or args.gec_correction_active else []),
+            *(["entropy-mechanism"] if args.cov_mode != "none" else []),
+        ]
+        run = CardRun(
+            base_model=info.get("model") or self.model.config._name_or_path,
+            model_id=self.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+            dataset=dataset_name or info.get("dataset"),
+            method=describe_method(args),
+            method_flag=info.get("method"),
+            adapter=hasattr(self.model, "peft_config"),
+            steps=self.state.global_step,
+            settings=settings,
+            metrics=final,
+            prompt=prompt,
+            stop_tokens=list(dict.fromkeys(tokenizer.convert_ids_to_tokens(stop_ids))),
+            max_new_tokens=args.max_completion_length,
+            papers=papers,
+            tags=[t for t in ("eda" if args.eda else "", "gec" if args.gec_correction_active else "",
+                              args.cov_mode.replace("_", "-") if args.cov_mode != "none" else "") if t],
+        )  # fmt: skip
         path = os.path.join(args.output_dir, "README.md")
-        base_model = info.get("model") or self.model.config._name_or_path
         with open(path, encoding="utf-8") as card:
-            text = card.read()
-        text = fix_model_card(text, base_model, self.hub_model_id or args.output_dir, dataset_name)
+            trl_card = card.read()
         with open(path, "w", encoding="utf-8") as card:
-            card.write(text + "\n".join(lines))
+            card.write(render_model_card(run, trl_card))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Helpers

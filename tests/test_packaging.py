@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -14,26 +15,41 @@ from typer.testing import CliRunner
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def build(*args: str, cwd: Path) -> str:
+    """Run setuptools' PEP 517 backend (as `pip wheel` / `python -m build` do) and return everything it printed."""
+    code = "import sys, setuptools.build_meta as b; getattr(b, sys.argv[1])(sys.argv[2])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # else: "byte-compiling disabled"
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(out),
-            str(REPO_ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return next(out.glob("edge_trl-*.whl"))
+def dists(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """The sdist, then the wheel built from the unpacked sdist (as `python -m build` does: a file missing from the
+    sdist fails the wheel), and the build output."""
+    out = tmp_path_factory.mktemp("dist")
+    output = build("build_sdist", str(out), cwd=REPO_ROOT)
+    sdist = next(out.glob("edge_trl-*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        archive.extractall(out / "src", filter="data")
+    output += build("build_wheel", str(out), cwd=next((out / "src").iterdir()))
+    return sdist, next(out.glob("edge_trl-*.whl")), output
+
+
+@pytest.fixture(scope="module")
+def wheel(dists) -> Path:
+    return dists[1]
+
+
+def test_sdist_and_wheel_build_without_warnings(dists):
+    sdist, wheel, output = dists
+    assert "warning" not in output.lower(), output  # e.g. a TOML-table license, data folders taken for packages
+    with tarfile.open(sdist) as archive:
+        names = archive.getnames()
+    assert {"edge_trl-0.1.0/LICENSE", "edge_trl-0.1.0/edge_trl/assets/embedded-adder/model.safetensors"} <= set(names)
+    metadata = zipfile.ZipFile(wheel).read("edge_trl-0.1.0.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
 
 
 def test_wheel_layout(wheel):
@@ -74,3 +90,42 @@ def test_env_command_reports_versions():
     result = CliRunner().invoke(app, ["env"])
     assert result.exit_code == 0, result.output
     assert "trl: 1.16" in result.output and "devices: " in result.output
+
+
+def test_installed_wheel_runs_from_a_fresh_environment(wheel, tmp_path):
+    """The wheel installed (not editable) into a new virtual environment, whose heavy dependencies come from this
+    one's site-packages through a .pth file (which runs none of their .pth files: the editable finder of the
+    repository is not active there). From there: `edge-trl configs`, a dry run and two steps of the embedded default.
+    """
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site_packages = Path(
+        subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], check=True,
+                       capture_output=True, text=True).stdout.strip()
+    )  # fmt: skip
+    # Every directory of this interpreter's path except those that hold an edge_trl of their own (the repository)
+    parents = [p for p in sys.path if p and Path(p).is_dir() and not (Path(p) / "edge_trl").exists()]
+    (site_packages / "_parent_env.pth").write_text("\n".join(parents) + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
+                    "--ignore-installed", str(wheel)], check=True, capture_output=True)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", EDGE_TRL_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+
+    def edge_trl(*args: str, timeout: int = 120) -> str:
+        result = subprocess.run([str(venv / "bin" / "edge-trl"), *args], cwd=tmp_path, env=env, capture_output=True,
+                                text=True, timeout=timeout)  # fmt: skip
+        assert result.returncode == 0, (args, result.stdout[-3000:], result.stderr[-3000:])
+        return result.stdout + result.stderr
+
+    where = subprocess.run([python, "-c", "import edge_trl; print(edge_trl.__file__)"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert where.startswith(str(site_packages)), where
+    configs = edge_trl("configs")
+    assert "zero3" in configs and "kl_cov_qwen2.5_math_7b" in configs
+    dry = edge_trl("train", "--dry-run")
+    assert str(site_packages / "edge_trl" / "assets" / "embedded-adder") in dry
+    out = tmp_path / "run"
+    log = edge_trl("train", "--max-steps", "2", "--num-processes", "1", "--output-dir", str(out), timeout=600)
+    assert "[held-out] step    2" in log and "training finished" in log, log[-3000:]
+    assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()

@@ -6,6 +6,7 @@ Dry runs of the real CLI for the resolution rules; real subprocesses for the Hub
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -21,7 +22,6 @@ from typer.testing import CliRunner
 
 from edge_trl import launch
 from edge_trl.cli.main import app
-from edge_trl.model_card import fix_model_card
 from edge_trl.presets import shipped_recipes
 from edge_trl.testing import tiny_addition_dataset
 
@@ -210,28 +210,84 @@ def test_malformed_structured_set_value_is_an_error(tiny_model_path, small_data_
     assert spec["trainer"]["model_init_kwargs"] == {"dtype": "float32", "attn_implementation": "eager"}
 
 
-def test_model_card_names_the_base_model(tmp_path, tiny_model_path):
+def check_card_metadata(path: Path) -> dict:
+    """The card's metadata as huggingface_hub reads it, checked offline: `ModelCard` parses the YAML block (a
+    mapping, or ValueError), every key is one of `ModelCardData`'s fields (TRL's template wrote ``licence``, a key
+    the Hub does not know), and the Hub ids are valid repository ids. (`ModelCard.validate` posts the card to the
+    Hub, so it cannot run here.)"""
+    import inspect
+
+    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub.utils import validate_repo_id
+
+    card = ModelCard.load(path)
+    metadata = card.data.to_dict()
+    assert set(metadata) <= set(inspect.signature(ModelCardData).parameters), metadata
+    assert ModelCardData(**metadata).to_dict() == metadata
+    for repo_id in [metadata.get("base_model"), *(metadata.get("datasets") or [])]:
+        if repo_id is not None:
+            validate_repo_id(repo_id)
+    return metadata
+
+
+def test_model_card_of_a_lora_run(tmp_path, tiny_model_path):
+    """A LoRA run on a local base model and a local data file: the card shows no local path, renders a math problem
+    in the trained prompt format, cites the method's papers, and its quick start (the adapter on its base, merged)
+    runs as written."""
+    from peft import LoraConfig
+
     from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+    from edge_trl.data import QWEN_MATH_SYSTEM_PROMPT, prepare_math_dataset
     from edge_trl.testing import digit_share_reward
 
-    args = EdgeGRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none",
-                          per_device_train_batch_size=4, num_generations=4, max_completion_length=8)  # fmt: skip
-    trainer = EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args,
-                              train_dataset=tiny_addition_dataset(8))  # fmt: skip
-    trainer.edge_run_info = {"model": str(tiny_model_path), "method": "grpo"}
-    trainer.create_model_card(dataset_name="/data/train.jsonl")
+    (tmp_path / "tiny-base").symlink_to(tiny_model_path)
+    args = EdgeGRPOConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to="none", eda=True,
+                          cov_mode="kl_cov", num_iterations=2, per_device_train_batch_size=4, num_generations=4,
+                          max_completion_length=8)  # fmt: skip
+    dataset = prepare_math_dataset(tiny_addition_dataset(8, conversational=False))
+    trainer = EdgeGRPOTrainer(str(tmp_path / "tiny-base"), reward_funcs=digit_share_reward, args=args,
+                              train_dataset=dataset, peft_config=LoraConfig(r=4, task_type="CAUSAL_LM"))  # fmt: skip
+    trainer.edge_run_info = {"model": str(tmp_path / "tiny-base"), "method": "edge"}
+    trainer.save_model()  # the adapter and the tokenizer (and PEFT's card), then the run's card, as the worker does
+    trainer.create_model_card(dataset_name=str(tmp_path / "data" / "train.jsonl"))
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "None" not in card.split("## Trained with edge-trl")[0]
-    assert f"fine-tuned version of `{tiny_model_path}` (a local model)" in card
-    assert f'pipeline("text-generation", model="{tmp_path / "out"}"' in card
-    assert "`/data/train.jsonl` (local data)" in card and "huggingface.co/datasets//data" not in card
-    shipped = "[deepscaler-hard-1k](https://huggingface.co/datasets/deepscaler-hard-1k)"
-    assert fix_model_card(shipped, None, "out", "deepscaler-hard-1k") == "`deepscaler-hard-1k` (shipped with edge-trl)"
-    # a Hub base model and a pushed repository keep their links
-    hub = fix_model_card(
-        'of [None](https://huggingface.co/None).\nmodel="None"', "Qwen/Qwen2.5-Math-1.5B", "me/m", None
-    )
-    assert hub == 'of [Qwen/Qwen2.5-Math-1.5B](https://huggingface.co/Qwen/Qwen2.5-Math-1.5B).\nmodel="me/m"'
+    assert str(tmp_path) not in card and "None" not in card.split("## Citations")[0]
+    assert "`tiny-base` (a local model)" in card and "`train.jsonl` (local data)" in card
+    assert "time machine" not in card and "pipeline(" not in card
+    assert json.dumps(QWEN_MATH_SYSTEM_PROMPT) in card and "\\boxed" in card  # the trained format, as Python source
+    assert 'PeftModel.from_pretrained(base, "out").merge_and_unload()' in card
+    assert "Entropy-Driven GRPO with Guided Error Correction" in card and "The Entropy Mechanism of" in card
+    assert "vonwerra2020trl" in card and "shao2024deepseekmath" in card  # TRL's citations are kept
+    metadata = check_card_metadata(tmp_path / "out" / "README.md")
+    assert "licence" not in metadata and "base_model" not in metadata  # a local base model has no Hub id
+    assert metadata["library_name"] == "peft" and {"edge-trl", "eda", "kl-cov", "lora"} <= set(metadata["tags"])
+    # the quick start, as a user copies it from the card (run where the names it shows are folders)
+    code = card.split("```python\n")[1].split("```")[0]
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_model_card_of_a_hub_run_names_hub_ids():
+    from edge_trl.model_card import CardRun, dataset_reference, public_name, render_model_card
+
+    run = CardRun(base_model="Qwen/Qwen2.5-Math-1.5B", model_id="me/qwen-math-edge", method="EDGE-GRPO (EDA + GEC)",
+                  dataset="/home/me/data/deepscaler_hard-1k.json", method_flag="edge", papers=["edge-grpo"],
+                  prompt="Please reason step by step.\n\nQuestion: 1+1?\nAnswer:", max_new_tokens=3000)  # fmt: skip
+    card = render_model_card(run, "---\nlicence: license\ntags:\n- trl\n- grpo\n---\n# Model Card for None\n")
+    assert "/home/me" not in card and "`deepscaler_hard-1k.json` (local data)" in card
+    assert "[Qwen/Qwen2.5-Math-1.5B](https://huggingface.co/Qwen/Qwen2.5-Math-1.5B)" in card
+    assert 'AutoModelForCausalLM.from_pretrained("me/qwen-math-edge"' in card and "PeftModel" not in card
+    assert '"Please reason step by step.\\n\\nQuestion: Find the remainder' in card  # the plain template, filled
+    assert "Entropy Mechanism" not in card
+    import yaml
+
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["base_model"] == "Qwen/Qwen2.5-Math-1.5B" and "licence" not in metadata
+    assert metadata["tags"][:3] == ["trl", "grpo", "edge-trl"] and "datasets" not in metadata
+    assert public_name("agentica-org/DeepScaleR-Preview-Dataset") == "agentica-org/DeepScaleR-Preview-Dataset"
+    assert public_name("./local/model/") == "model" and public_name("embedded:addition") == "embedded:addition"
+    assert dataset_reference("deepscaler-hard-1k") == "`deepscaler-hard-1k` (shipped with edge-trl)"
 
 
 def test_push_to_hub_fails_in_seconds_when_the_hub_is_unreachable(tmp_path, tiny_model_path, small_data_file):
