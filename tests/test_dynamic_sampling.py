@@ -9,18 +9,11 @@ import pytest
 import torch
 
 from edge_trl import EdgeGRPOTrainer, dynamic_sampling_filter
-from edge_trl.testing import digit_share_reward, tiny_addition_dataset
+from edge_trl.testing import digit_share_reward, even_answer_constant_reward, tiny_addition_dataset
 
 from _helpers import logged, tiny_config
 
 DATASET = tiny_addition_dataset(64)
-
-
-def even_answer_constant_reward(completions: list, answer: list, **_: object) -> list[float]:
-    """Constant (1.0) on the prompts whose answer is even, the graded digit share on the others: the groups of
-    even-answer prompts always have equal rewards."""
-    varied = digit_share_reward(completions)
-    return [1.0 if int(a) % 2 == 0 else v for a, v in zip(answer, varied, strict=True)]
 
 
 def never_constant(completions: list, **_: object) -> list[float]:
