@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from edge_trl import EdgeGRPOTrainer, dynamic_sampling_filter
-from edge_trl.testing import digit_share_reward, even_answer_constant_reward, tiny_addition_dataset
+from edge_trl.testing import (
+    boxed_answer_reward,
+    digit_share_reward,
+    even_answer_constant_reward,
+    tiny_addition_dataset,
+)
 
 from _helpers import logged, tiny_config
 
@@ -134,3 +139,29 @@ def test_an_unknown_metric_is_an_error_naming_the_reward_functions(tmp_path, tin
     args = tiny_config(tmp_path, dynamic_sampling=True)  # default metric accuracy_reward, not among the rewards
     with pytest.raises(ValueError, match=r"dynamic_sampling_metric='accuracy_reward'.*digit_share_reward"):
         EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args, train_dataset=DATASET)
+
+
+def test_gec_corrects_first_then_the_groups_still_equal_are_dropped(tmp_path, tiny_model_path):
+    """The order: GEC corrects every wrong response, then dynamic sampling drops the groups whose (corrected) rewards
+    are still all equal. A random model never writes the right answer, so before GEC every group is all wrong."""
+    gec = {"gec": True, "gec_reflect_prob": 0.5, "gec_answer_prob": 0.5, "gec_solution_prob": 0.0}
+    trainer = make(
+        tmp_path / "gec", tiny_model_path, reward=boxed_answer_reward, max_steps=2, gec_max_new_tokens=96, **gec
+    )
+    trainer.train()
+    assert set(logged(trainer, "gec/accuracy_before")) == {0.0}
+    for output in trainer.trained:  # each kept group mixes injected answers (right) and reflections (still wrong)
+        texts = trainer.processing_class.batch_decode(output["completion_ids"], skip_special_tokens=True)
+        rewards = torch.tensor(boxed_answer_reward(texts, answers_of(trainer, output))).view(-1, 4)
+        assert ((rewards.max(-1).values == 1.0) & (rewards.min(-1).values == 0.0)).all()
+    # Answer injection alone makes every response right: groups all wrong before GEC are dropped as all *correct*.
+    injected = {**gec, "gec_reflect_prob": 0.0, "gec_answer_prob": 1.0}
+    injecting = make(tmp_path / "inject", tiny_model_path, reward=boxed_answer_reward, max_num_gen_batches=2,
+                     gec_max_new_tokens=96, **injected)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"kept only 0 of the 2 groups.*\(4 groups all correct, 0 all wrong\)"):
+        injecting.train()
+
+    # Without GEC the same rollouts are all wrong: every group is dropped until the limit.
+    plain = make(tmp_path / "plain", tiny_model_path, reward=boxed_answer_reward, max_num_gen_batches=2)
+    with pytest.raises(RuntimeError, match=r"kept only 0 of the 2 groups.*\(0 groups all correct, 4 all wrong\)"):
+        plain.train()
