@@ -61,6 +61,16 @@ METHODS: dict[str, dict[str, Any]] = {
     # Token-level importance sampling here (TRL's default, sequence_mask, everywhere else): both levels are checked.
     "force_reflection": {"force_reflection": True, "vllm_importance_sampling_mode": "token_truncate", **GEC},
     "lora": {"eda": True, "gec": True, **GEC},
+    # Dynamic sampling refills through vLLM (every key of a vLLM rollout regrouped), with Clip-Cov's step scope.
+    "dynamic_sampling": {
+        "dynamic_sampling": True,
+        "dynamic_sampling_metric": "even_answer_constant_reward",
+        "cov_mode": "clip_cov",
+        "cov_scope": "step",
+        "clip_cov_ratio": 0.05,
+        "clip_cov_lb": -10.0,
+        "clip_cov_ub": 10.0,
+    },
 }
 
 
@@ -143,14 +153,14 @@ def run(model_dir: str, name: str) -> dict[str, Any]:
     from peft import LoraConfig
 
     from edge_trl import EdgeGRPOConfig
-    from edge_trl.testing import tiny_addition_dataset
+    from edge_trl.testing import even_answer_constant_reward, tiny_addition_dataset
 
     args = EdgeGRPOConfig(output_dir=os.path.join(os.path.dirname(sys.argv[2]), name), **BASE, **METHODS[name])
     peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if name == "lora" else None
     start = time.perf_counter()
     trainer = make_trainer_class()(
         model_dir,
-        reward_funcs=length_reward,
+        reward_funcs=even_answer_constant_reward if name == "dynamic_sampling" else length_reward,
         args=args,
         train_dataset=tiny_addition_dataset(16),
         peft_config=peft_config,
