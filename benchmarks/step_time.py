@@ -246,8 +246,8 @@ def main() -> None:
             for mode in modes:
                 times = samples[(setting, mode)]["times"]
                 # generation batches per rollout (dynamic sampling), over the timed cycles (the warm-up step first)
-                batches = trainers[mode]._metrics["train"].get("dynamic_sampling/gen_batches", [])[1:]
-                samples[(setting, mode)]["gen_batches"] = batches
+                metrics = trainers[mode]._metrics["train"]
+                samples[(setting, mode)]["gen_batches"] = metrics.get("dynamic_sampling/gen_batches", [])[1:]
                 print(f"{setting:>17} {mode:<28} median cycle {statistics.median(times):.3f}s", flush=True)
             if torch.cuda.is_available():
                 del trainers

@@ -10,8 +10,11 @@ It hooks TRL at these seams and re-implements no TRL method body:
   reflection branch) before TRL scores them again and computes advantages; then re-logs TRL's length metrics and
   ``num_tokens`` for the corrected completions.
 * ``_calculate_rewards`` (after TRL): keeps the rewards TRL trains on, for GEC's after-correction metrics.
-* ``_generate_and_score_completions`` (after TRL): EDA with ``eda_scope='group'`` rescales the advantages of the whole
-  generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
+* ``_generate_and_score_completions``: with ``dynamic_sampling``, scores generation batches drawn from the next prompts
+  of the training sampler's order until the groups whose metric differs fill one generation batch (DAPO, section
+  3.2; the decision on gathered rewards, the same on every process); each batch goes through the steps below.
+* ``_score_generation_batch`` (TRL's ``_generate_and_score_completions``, then): EDA with ``eda_scope='group'``
+  rescales the advantages of the whole generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
   old-log-prob forward when TRL makes one (we ask it to return entropies too); when the whole rollout is one
   micro-batch (``steps_per_generation == 1``) the scaling is deferred to the loss forward, which sees every response
   with the same weights (each response carries its group id through TRL's shuffle); otherwise one extra no-grad
@@ -20,17 +23,20 @@ It hooks TRL at these seams and re-implements no TRL method body:
   and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), then the
   covariance mode, looked up in ``core_algos.COV_MODES``, returns the log-probs TRL's surrogate uses (Clip-Cov:
   selected tokens detached), its per-token penalty (KL-Cov) and whether to drop PPO's clip (KL-Cov).
+* ``_prepare_inputs`` (after TRL's): with ``cov_scope='step'``, at the first micro-step of an optimizer step, one
+  no-grad forward over the step's micro-batches (all in TRL's rollout buffer) chooses the Clip-Cov / KL-Cov tokens
+  of the whole step, over every process (``core_algos.step_cov_selection``).
 * ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
   and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
   and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
-  GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
-  across epochs. See :mod:`edge_trl.checkpoints`.
+  GEC's rollout count, dynamic sampling's prompt position) is saved with each checkpoint and restored; the
+  training sampler is TRL's, made resumable across epochs. See :mod:`edge_trl.checkpoints`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
-travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``), a key of TRL's batch that survives its
-shuffle into micro-batches.
+travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``) and, with a covariance mode, its position
+in the rollout (``RESPONSE_IDS_KEY``): keys of TRL's batch that survive its shuffle into micro-batches.
 
 Reward functions are wrapped by :func:`edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
 reward fails on (raises, hangs, NaN/inf) scores None instead of stopping the run.
@@ -139,7 +145,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
     ``dataset`` and ``model`` are read, all optional. Extra metrics, logged
     through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var`` (every rollout), ``adv_var_before_eda``,
     ``adv_var_after_eda``, ``eda_scale_{min,mean,max}``, ``eda_extra_forward_s``, ``cov_mean``,
-    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``; and under
+    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share``, ``kl_cov_penalty`` and
+    ``cov_step_forward_s`` (``cov_scope='step'``); under ``dynamic_sampling/`` (one value per rollout):
+    ``gen_batches``, ``kept_group_share``, ``dropped_all_correct``, ``dropped_all_wrong``, ``frac_reward_zero_std``
+    (of the trained batch) and ``rollout_s``; and under
     ``gec/``: ``corrected_share``, ``{reflect,answer,solution,truncated}_count``, ``reflection_new_tokens_mean``,
     ``accuracy_before``/``accuracy_after``, ``collapsed_group_share_before``/``collapsed_group_share_after`` and
     ``mean_length_before``. With GEC, TRL's ``completions/*`` length metrics and ``num_tokens`` count the corrected

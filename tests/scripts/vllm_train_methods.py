@@ -64,7 +64,7 @@ METHODS: dict[str, dict[str, Any]] = {
     # Dynamic sampling refills through vLLM (every key of a vLLM rollout regrouped), with Clip-Cov's step scope.
     "dynamic_sampling": {
         "dynamic_sampling": True,
-        "dynamic_sampling_metric": "even_answer_constant_reward",
+        "dynamic_sampling_metric": "even_constant_length_reward",
         "cov_mode": "clip_cov",
         "cov_scope": "step",
         "clip_cov_ratio": 0.05,
@@ -78,6 +78,12 @@ def length_reward(completions: list, **_: object) -> list[float]:
     """A graded reward below 1 (so every response is "wrong" for GEC) that varies within a group."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [min(len(text), 199) / 200 for text in texts]
+
+
+def even_constant_length_reward(completions: list, answer: list, **_: object) -> list[float]:
+    """1.0 on the prompts whose answer is even (their groups are all equal: dynamic sampling drops them), the
+    graded length reward on the others."""
+    return [1.0 if int(a) % 2 == 0 else r for a, r in zip(answer, length_reward(completions), strict=True)]
 
 
 def make_trainer_class():
@@ -153,14 +159,14 @@ def run(model_dir: str, name: str) -> dict[str, Any]:
     from peft import LoraConfig
 
     from edge_trl import EdgeGRPOConfig
-    from edge_trl.testing import even_answer_constant_reward, tiny_addition_dataset
+    from edge_trl.testing import tiny_addition_dataset
 
     args = EdgeGRPOConfig(output_dir=os.path.join(os.path.dirname(sys.argv[2]), name), **BASE, **METHODS[name])
     peft_config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear") if name == "lora" else None
     start = time.perf_counter()
     trainer = make_trainer_class()(
         model_dir,
-        reward_funcs=even_answer_constant_reward if name == "dynamic_sampling" else length_reward,
+        reward_funcs=even_constant_length_reward if name == "dynamic_sampling" else length_reward,
         args=args,
         train_dataset=tiny_addition_dataset(16),
         peft_config=peft_config,
