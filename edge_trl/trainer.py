@@ -1092,11 +1092,20 @@ class EdgeGRPOTrainer(GRPOTrainer):
             )
         elif args.cov_mode == "kl_cov":
             settings.update(kl_cov_ratio=args.kl_cov_ratio, kl_cov_coef=args.kl_cov_coef, kl_cov_clip=args.kl_cov_clip)
+        if args.cov_mode != "none":
+            settings.update(cov_scope=args.cov_scope)
+        if args.dynamic_sampling:
+            settings.update(
+                dynamic_sampling=True,
+                dynamic_sampling_metric=args.dynamic_sampling_metric,
+                max_num_gen_batches=args.max_num_gen_batches,
+            )
         final: dict[str, float] = {}
         for entry in self.state.log_history:
             for key, value in entry.items():
                 if isinstance(value, (int, float)) and (
-                    key in ("reward", "train_loss", "entropy") or key.startswith(("rewards/", "edge/", "gec/"))
+                    key in ("reward", "train_loss", "entropy")
+                    or key.startswith(("rewards/", "edge/", "gec/", "dynamic_sampling/"))
                 ):
                     final[key] = value
         lines = [
