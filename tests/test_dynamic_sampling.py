@@ -45,9 +45,8 @@ class Recording(EdgeGRPOTrainer):
 
 
 def make(tmp_path, model_path, reward=even_answer_constant_reward, **overrides):
-    args = tiny_config(tmp_path / "run", dynamic_sampling=True, **overrides)
-    metric = overrides.pop("dynamic_sampling_metric", reward.__name__)
-    args.dynamic_sampling_metric = metric
+    settings = {"dynamic_sampling": True, "dynamic_sampling_metric": reward.__name__, **overrides}
+    args = tiny_config(tmp_path / "run", **settings)
     trainer = Recording(str(model_path), reward_funcs=reward, args=args, train_dataset=DATASET)
     trainer.drawn, trainer.trained = [], []
     return trainer
@@ -75,9 +74,19 @@ def test_filter_keeps_groups_with_unequal_values():
         {},
         {"steps_per_generation": 2, "gradient_accumulation_steps": 2, "per_device_train_batch_size": 4},
         {"eda": True, "cov_mode": "kl_cov", "kl_cov_ratio": 0.05, "num_iterations": 2},
-        {"eda": True, "eda_scope": "batch", "cov_mode": "clip_cov", "clip_cov_lb": -1e9, "clip_cov_ub": 1e9},
+        {
+            "eda": True,
+            "eda_scope": "batch",
+            "cov_mode": "clip_cov",
+            "cov_scope": "step",
+            "clip_cov_lb": -1e9,
+            "clip_cov_ub": 1e9,
+            "steps_per_generation": 2,
+            "gradient_accumulation_steps": 2,
+            "per_device_train_batch_size": 4,
+        },
     ],
-    ids=["plain", "steps_per_generation", "eda+kl_cov", "eda_batch+clip_cov"],
+    ids=["plain", "steps_per_generation", "eda+kl_cov", "eda_batch+clip_cov_step"],
 )
 def test_constant_groups_never_reach_the_loss_and_the_batch_keeps_its_size(tmp_path, tiny_model_path, overrides):
     trainer = make(tmp_path, tiny_model_path, max_steps=3, **overrides)
