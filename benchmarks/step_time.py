@@ -11,12 +11,14 @@ per mode (sampled every millisecond, glibc told to keep freed memory so short pe
 
     python benchmarks/step_time.py                      # CPU, a small offline Qwen2 model
     python benchmarks/step_time.py --preset qwen2.5-math-1.5b --bf16 --lora   # GPU, 1.5B architecture, random weights
+    python benchmarks/step_time.py --settings "dynamic sampling" "cov scope, grad-accum=2"   # issue 18's costs
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -36,6 +38,7 @@ from edge_trl.testing import (
     build_qwen2,
     build_tiny_tokenizer,
     digit_share_reward,
+    even_answer_constant_reward,
     prepare_for_cycles,
     quiet,
     time_cycle,
@@ -72,7 +75,30 @@ SETTINGS = {
             "eda + kl_cov": {"eda": True, "cov_mode": "kl_cov"},
         },
     },
+    # A reward constant on the prompts with an even answer (about half): their groups have equal rewards, as
+    # all-correct / all-wrong groups do on real data. TRL trains on them (zero advantage); dynamic sampling drops them
+    # and generates from the next prompts. Cycle = one rollout, however many generation batches it takes.
+    "dynamic sampling": {
+        "common": {},
+        "reward": "even_answer_constant_reward",
+        "modes": {
+            "trl": None,
+            "edge (all off)": {},
+            "dynamic sampling": {"dynamic_sampling": True, "dynamic_sampling_metric": "even_answer_constant_reward"},
+        },
+    },
+    # cov_scope='step': one extra no-grad forward over the step's micro-batches before its first micro-batch.
+    "cov scope, grad-accum=2": {
+        "common": {"gradient_accumulation_steps": 2},
+        "modes": {
+            "trl": None,
+            "clip_cov micro_batch": {"cov_mode": "clip_cov"},
+            "clip_cov step (+1 no-grad fwd)": {"cov_mode": "clip_cov", "cov_scope": "step"},
+            "kl_cov step (+1 no-grad fwd)": {"cov_mode": "kl_cov", "cov_scope": "step"},
+        },
+    },
 }
+REWARDS = {"digit_share_reward": digit_share_reward, "even_answer_constant_reward": even_answer_constant_reward}
 
 PRESETS = {  # model size (vocab None: the tiny tokenizer's), initializer range
     "small": (Qwen2Size(256, 512, 4, 4, 2), 0.3),
@@ -88,7 +114,14 @@ def build_model(path: Path, preset: str) -> Path:
     return path
 
 
-def make_trainer(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
+def make_trainer(
+    model_path: Path,
+    overrides: dict | None,
+    common: dict,
+    cli: argparse.Namespace,
+    workdir: Path,
+    reward: str = "digit_share_reward",
+):
     on_gpu = torch.cuda.is_available()
     fields = {
         "output_dir": str(workdir),
@@ -117,7 +150,7 @@ def make_trainer(model_path: Path, overrides: dict | None, common: dict, cli: ar
         peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM")
     trainer = trainer_class(
         str(model_path),
-        reward_funcs=digit_share_reward,
+        reward_funcs=REWARDS[reward],
         args=args,
         train_dataset=tiny_addition_dataset(512),
         processing_class=AutoTokenizer.from_pretrained(model_path),
@@ -126,9 +159,16 @@ def make_trainer(model_path: Path, overrides: dict | None, common: dict, cli: ar
     return quiet(trainer)
 
 
-def peak_memory(model_path: Path, overrides: dict | None, common: dict, cli: argparse.Namespace, workdir: Path):
+def peak_memory(
+    model_path: Path,
+    overrides: dict | None,
+    common: dict,
+    cli: argparse.Namespace,
+    workdir: Path,
+    reward: str = "digit_share_reward",
+):
     """Peak memory of a real train(): CUDA bytes allocated, or the growth of RSS on CPU."""
-    trainer = make_trainer(model_path, overrides, common, cli, workdir)
+    trainer = make_trainer(model_path, overrides, common, cli, workdir, reward)
     on_gpu = torch.cuda.is_available()
     if on_gpu:
         torch.cuda.synchronize()
@@ -179,7 +219,8 @@ def main() -> None:
         model, setting, mode = cli.child
         with tempfile.TemporaryDirectory() as tmp:
             spec = SETTINGS[setting]
-            growth = peak_memory(Path(model), spec["modes"][mode], spec["common"], cli, Path(tmp))
+            reward = spec.get("reward", "digit_share_reward")
+            growth = peak_memory(Path(model), spec["modes"][mode], spec["common"], cli, Path(tmp), reward)
         print(f"RSS_GROWTH {growth}")
         return
 
@@ -188,9 +229,10 @@ def main() -> None:
         samples: dict[tuple[str, str], dict[str, list]] = {}
         for setting in cli.settings:
             spec = SETTINGS[setting]
+            reward = spec.get("reward", "digit_share_reward")
             trainers = {}
             for mode, overrides in spec["modes"].items():
-                trainer = make_trainer(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
+                trainer = make_trainer(model_path, overrides, spec["common"], cli, Path(tmp) / "run", reward)
                 trainers[mode] = prepare_for_cycles(trainer)
                 samples[(setting, mode)] = {"times": [], "peaks": []}
             batches = iter(next(iter(trainers.values())).get_train_dataloader())
@@ -199,14 +241,18 @@ def main() -> None:
                 rows = next(batches)  # the same prompts for every mode of this round
                 shift = round_index % len(modes)  # rotate, so no mode always runs first
                 for mode in modes[shift:] + modes[:shift]:
+                    trainers[mode]._step_selection = {}  # time_cycle rewinds _step: select anew (cov_scope='step')
                     samples[(setting, mode)]["times"].append(time_cycle(trainers[mode], rows))
             for mode in modes:
                 times = samples[(setting, mode)]["times"]
+                # generation batches per rollout (dynamic sampling), over the timed cycles (the warm-up step first)
+                metrics = trainers[mode]._metrics["train"]
+                samples[(setting, mode)]["gen_batches"] = metrics.get("dynamic_sampling/gen_batches", [])[1:]
                 print(f"{setting:>17} {mode:<28} median cycle {statistics.median(times):.3f}s", flush=True)
             if torch.cuda.is_available():
                 del trainers
                 for mode, overrides in spec["modes"].items():
-                    peak = peak_memory(model_path, overrides, spec["common"], cli, Path(tmp) / "run")
+                    peak = peak_memory(model_path, overrides, spec["common"], cli, Path(tmp) / "run", reward)
                     samples[(setting, mode)]["peaks"].append(peak)
         if not torch.cuda.is_available():
             for _ in range(cli.memory_rounds):
@@ -228,6 +274,8 @@ def main() -> None:
                 "setting": setting, "mode": mode, "median_step_s": step, "time_ratio": step / base_time,
                 "peak_mib": peak / 2**20, "memory_ratio": peak / base_peak if base_peak > 0 else float("nan"),
                 "runs": len(entry["times"]),
+                "gen_batches_median": _median_or_nan(entry.get("gen_batches", [])),
+                "gen_batches_mean": statistics.mean(entry["gen_batches"]) if entry.get("gen_batches") else float("nan"),
             })  # fmt: skip
 
     memory_kind = "peak CUDA memory allocated" if torch.cuda.is_available() else "RSS growth during train()"
@@ -236,12 +284,17 @@ def main() -> None:
         f"tokens; median of {cli.rounds} interleaved rollout cycles per mode; bf16={cli.bf16}; lora={cli.lora}"
     )
     print("\n" + header)
-    print("| setting | mode | median cycle (s) | time vs TRL | peak mem (MiB) | mem vs TRL |")
-    print("|---|---|---|---|---|---|")
+    print("| setting | mode | median cycle (s) | time vs TRL | peak mem (MiB) | mem vs TRL | gen batches / rollout |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        batches = (
+            ""
+            if math.isnan(r["gen_batches_median"])
+            else (f"median {r['gen_batches_median']:g}, mean {r['gen_batches_mean']:.2f}")
+        )
         print(
             f"| {r['setting']} | {r['mode']} | {r['median_step_s']:.3f} | {r['time_ratio']:.3f}x | "
-            f"{r['peak_mib']:.1f} | {r['memory_ratio']:.2f}x |"
+            f"{r['peak_mib']:.1f} | {r['memory_ratio']:.2f}x | {batches} |"
         )
     cli.out.parent.mkdir(parents=True, exist_ok=True)
     cli.out.write_text(json.dumps({"header": header, "rows": rows}, indent=2))

@@ -32,8 +32,9 @@ edge-trl also keeps two counters of its own: GEC's branch-draw counter and Clip-
 
 What is saved, in the checkpoint folder:
 
-* ``edge_trl_state.json`` (process 0; the values are the same on every process): TRL's ``_step`` and GEC's rollout
-  counter;
+* ``edge_trl_state.json`` (process 0; the values are the same on every process): TRL's ``_step``, GEC's rollout
+  counter and, with dynamic sampling, the number of generation batches drawn (the prompt position in the sampler's
+  order, extra batches included);
 * ``edge_trl_rollout_{process}.pt`` (every process, only when the checkpoint falls inside a rollout): TRL's
   ``_buffered_inputs``, the process's share of the rollout still to be trained on.
 
@@ -254,6 +255,29 @@ def _resumable_repeat_sampler() -> type:
         epoch (through accelerate's data loader), and here that re-seeds the generator and skips the ``epoch`` permutations
         already drawn: the next ``__iter__`` yields epoch ``epoch``'s order whether or not the run was interrupted.
         """
+
+        def chunk(self, number: int) -> list[int]:
+            """The prompt indices of generation batch ``number`` counted from the start of training: epoch
+            ``number // batches_per_epoch``'s order, recomputed from the seed like ``set_epoch`` (this sampler's own
+            generator is left alone). Dynamic sampling draws its prompts with it, past the epoch's end if needed."""
+            per_epoch = self.num_samples // self.batch_size
+            if per_epoch == 0:
+                raise ValueError(
+                    f"The training set has {self.num_samples} prompts, fewer than one generation batch's "
+                    f"{self.batch_size}."
+                )
+            epoch, position = divmod(number, per_epoch)
+            if getattr(self, "_order_epoch", None) != epoch:
+                if self.shuffle:
+                    generator = torch.Generator()
+                    generator.manual_seed(self.seed if self.seed is not None else 0)
+                    for _ in range(epoch):
+                        torch.randperm(self.num_samples, generator=generator)
+                    self._order = torch.randperm(self.num_samples, generator=generator).tolist()
+                else:
+                    self._order = list(range(self.num_samples))
+                self._order_epoch = epoch
+            return self._order[position * self.batch_size : (position + 1) * self.batch_size]
 
         def set_epoch(self, epoch: int) -> None:
             if not self.shuffle or self.seed is None:

@@ -10,6 +10,7 @@ from trl import GRPOConfig
 from edge_trl.core_algos import COV_MODES
 from edge_trl.validation import (  # noqa: F401  (EDA_SCOPES, COV_LOSS_TYPES: re-exported where they always were)
     COV_LOSS_TYPES,
+    COV_SCOPES,
     EDA_SCOPES,
     kl_cov_is_noop,
     kl_cov_noop_message,
@@ -31,6 +32,10 @@ class EdgeGRPOConfig(GRPOConfig):
         gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
         gec_max_new_tokens, gec_cue_in_budget, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
         gec_mask_injected
+    DAPO dynamic sampling (Yu et al., arXiv 2503.14476, section 3.2):
+        dynamic_sampling, dynamic_sampling_metric, max_num_gen_batches
+    Covariance selection scope:
+        cov_scope
     Faults in reward functions:
         reward_timeout
 
@@ -99,6 +104,17 @@ class EdgeGRPOConfig(GRPOConfig):
     )
     kl_cov_coef: float = field(
         default=1.0, metadata={"help": "KL-Cov: coefficient of |log pi - log pi_old| on the selected tokens."}
+    )
+    cov_scope: str = field(
+        default="micro_batch",
+        metadata={
+            "help": "Over which tokens Clip-Cov / KL-Cov centre the covariance and count k = max(1, int(ratio * "
+            "n_valid)). 'micro_batch' (default, the authors' code): each micro-batch of each process on its own, so the "
+            "tokens chosen change with the micro-batch size and the number of processes. 'step': once per optimizer "
+            "step over all its micro-batches and processes (one extra no-grad forward per step), so the choice and "
+            "the update do not depend on how the step is split (the idea of verl PR #7830).",
+            "choices": list(COV_SCOPES),
+        },
     )
     kl_cov_clip: bool = field(
         default=False,
@@ -183,6 +199,31 @@ class EdgeGRPOConfig(GRPOConfig):
         metadata={
             "help": "GEC: exclude injected tokens (cue, injected answer, reference solution) from the loss through "
             "TRL's tool_mask. Default False: they are trained on, as in the paper."
+        },
+    )
+
+    dynamic_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "DAPO's dynamic sampling (section 3.2; verl's algorithm.filter_groups): drop every group whose "
+            "dynamic_sampling_metric is the same for all its responses, and generate from the next prompts until the "
+            "kept groups fill the generation batch (the surplus is cut). With GEC, wrong responses are corrected "
+            "first and only the groups still equal are dropped."
+        },
+    )
+    dynamic_sampling_metric: str = field(
+        default="accuracy_reward",
+        metadata={
+            "help": "Dynamic sampling: the name of the reward function whose values must differ within a group "
+            "(default 'accuracy_reward', the authors' filter_groups_metric=acc), or 'reward' for the weighted sum "
+            "of all rewards."
+        },
+    )
+    max_num_gen_batches: int = field(
+        default=10,
+        metadata={
+            "help": "Dynamic sampling: at most this many generation batches per rollout (verl's default 10); when "
+            "they still do not fill the batch, training stops with an error. 0: unlimited."
         },
     )
 

@@ -11,6 +11,8 @@ Papers
 ------
 * EDGE-GRPO: Zhang et al., 2025, "EDGE-GRPO: Entropy-Driven GRPO with Guided Error Correction for Advantage
   Diversity", arXiv 2507.21848. Entropy-Driven Advantage (EDA), section "Entropy-Driven Advantage".
+* DAPO: Yu et al., 2025, "DAPO: An Open-Source LLM Reinforcement Learning System at Scale", arXiv 2503.14476.
+  Dynamic sampling, section 3.2 (the constraint 0 < |{o_i : is_equivalent(a, o_i)}| < G of eq. 11).
 * Cui et al., 2025, "The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models",
   arXiv 2505.22617. The covariance theorem (entropy change ~ -Cov(log pi, A)) and the Clip-Cov / KL-Cov
   objectives of section "Entropy Control by Covariance Regularization".
@@ -18,6 +20,7 @@ Papers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ __all__ = [
     "clip_cov_mask",
     "clip_cov_terms",
     "collapsed_group_share",
+    "dynamic_sampling_filter",
     "entropy_driven_advantages",
     "entropy_scale",
     "get_cov_mode",
@@ -43,7 +47,9 @@ __all__ = [
     "register_cov_mode",
     "response_entropy",
     "scale_per_response",
+    "step_cov_selection",
     "token_covariance",
+    "token_keys",
 ]
 
 
@@ -152,16 +158,47 @@ def collapsed_group_share(values: torch.Tensor, group_size: int, atol: float = 1
     return (spread <= atol).float().mean().item()
 
 
+@torch.no_grad()
+def dynamic_sampling_filter(
+    values: torch.Tensor, group_size: int, correct_threshold: float, atol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DAPO's dynamic sampling decision (Yu et al., section 3.2, the constraint of eq. 11): which groups to keep.
+
+    ``values`` (N,) holds one metric value per response, ``group_size`` consecutive responses per group (a prompt's
+    responses). A group is kept when its values are not all equal, i.e. max - min > ``atol`` over the values that
+    are not NaN (verl's ``filter_groups``: std > 0); a group of size 1 is always kept (verl keeps it too). Such a
+    group's group-relative advantages are all 0: it adds nothing to the policy gradient but its tokens.
+
+    Returns ``(keep, all_correct)``, two (N / group_size,) bool tensors: ``all_correct`` marks the dropped groups
+    whose common value is >= ``correct_threshold`` (e.g. every response right); the other dropped groups, below it
+    or with no scored response at all, are "all wrong".
+    """
+    grouped = values.detach().double().view(-1, group_size)
+    scored = ~torch.isnan(grouped)
+    high = torch.where(scored, grouped, torch.full_like(grouped, -math.inf)).max(dim=-1).values
+    low = torch.where(scored, grouped, torch.full_like(grouped, math.inf)).min(dim=-1).values
+    varied = scored.any(dim=-1) & (high - low > atol)
+    keep = varied | torch.tensor(group_size == 1, device=values.device)
+    all_correct = ~keep & scored.any(dim=-1) & (high >= correct_threshold - atol)
+    return keep, all_correct
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Covariance-based entropy control (Cui et al.)
 # --------------------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def token_covariance(advantages: torch.Tensor, logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def token_covariance(
+    advantages: torch.Tensor,
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    centre: tuple[float | torch.Tensor, float | torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Per-token centred cross product Cov_t = (A_t - mean A) * (log pi_t - mean log pi).
 
-    Both means run over the valid tokens of the whole batch; ``log pi`` is detached. Cui et al. show that the entropy
+    Both means run over the valid tokens of the whole batch, or are given as ``centre = (mean A, mean log pi)``
+    (``cov_scope='step'``: the means of a whole optimizer step over every process); ``log pi`` is detached. Cui et al. show that the entropy
     change of a softmax policy under (natural) policy gradient is -eta * Cov(log pi, A) (their entropy-dynamics
     theorem); the batch mean of this tensor over valid tokens is that covariance, and each entry is one token's
     contribution. ``advantages`` is per sequence (B,) (broadcast to every token) or per token (B, T). Returns (B, T),
@@ -171,9 +208,8 @@ def token_covariance(advantages: torch.Tensor, logps: torch.Tensor, mask: torch.
     mask_f = mask.to(logps.dtype)
     adv = advantages.detach().float()
     adv = adv.unsqueeze(-1).expand_as(logps) if adv.dim() == 1 else adv.expand_as(logps)
-    centred_adv = adv - masked_mean(adv, mask_f)
-    centred_logp = logps - masked_mean(logps, mask_f)
-    return centred_adv * centred_logp * mask_f
+    mean_adv, mean_logp = (masked_mean(adv, mask_f), masked_mean(logps, mask_f)) if centre is None else centre
+    return (adv - mean_adv) * (logps - mean_logp) * mask_f
 
 
 def num_selected_tokens(ratio: float, num_valid: int) -> int:
@@ -273,6 +309,8 @@ class CovSettings:
     """The settings a covariance mode may read (the trainer fills them from its config).
 
     ``epsilon_low`` / ``epsilon_high`` are PPO's clip range; ``generator`` seeds any random draw of the mode.
+    ``selected``: tokens already chosen for this micro-batch (``cov_scope='step'``, by :func:`step_cov_selection`);
+    the built-in modes then use them instead of selecting on the micro-batch alone.
     """
 
     clip_cov_ratio: float = 2e-4
@@ -284,6 +322,7 @@ class CovSettings:
     epsilon_low: float = 0.2
     epsilon_high: float = 0.2
     generator: torch.Generator | None = None
+    selected: torch.Tensor | None = None
 
 
 @dataclass
@@ -339,6 +378,8 @@ def clip_cov_terms(
     no gradient: log pi is detached there. The authors multiply those tokens' loss by 0 instead: the same gradient,
     a logged loss lower by their share.
     """
+    if settings.selected is not None:  # chosen over the whole optimizer step
+        return CovTerms(logps=torch.where(settings.selected, logps.detach(), logps), selected=settings.selected)
     ratio = torch.exp(logps.detach() - old_logps)
     already_clipped = ppo_clipped_mask(ratio, advantages, settings.epsilon_low, settings.epsilon_high)
     cov = token_covariance(advantages, logps, mask)
@@ -365,9 +406,60 @@ def kl_cov_terms(
     on every valid token, with no PPO clip (``compute_policy_loss_kl_cov`` in PRIME-RL/Entropy-Mechanism-of-RL and in
     verl). ``settings.kl_cov_clip=True`` keeps PPO's clipped surrogate and only adds the penalty.
     """
-    selected = kl_cov_mask(token_covariance(advantages, logps, mask), mask, settings.kl_cov_ratio)
+    selected = settings.selected
+    if selected is None:
+        selected = kl_cov_mask(token_covariance(advantages, logps, mask), mask, settings.kl_cov_ratio)
     penalty = kl_cov_penalty(logps, old_logps, selected, settings.kl_cov_coef)
     return CovTerms(logps=logps, selected=selected, penalty=penalty, unclipped=not settings.kl_cov_clip)
+
+
+TOKEN_KEY_STRIDE = 1 << 32
+"""Token keys are ``response_id * TOKEN_KEY_STRIDE + position``: unique while completions are shorter than 2**32."""
+
+
+def token_keys(response_ids: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) int64 keys naming each token by its response (``response_ids``, (B,)) and position, whatever the
+    order of the responses or the micro-batch they sit in (``cov_scope='step'``)."""
+    positions = torch.arange(width, device=response_ids.device, dtype=torch.int64)
+    return response_ids.to(torch.int64).unsqueeze(-1) * TOKEN_KEY_STRIDE + positions
+
+
+@torch.no_grad()
+def step_cov_selection(
+    mode: str,
+    cov: torch.Tensor,
+    keys: torch.Tensor,
+    candidates: torch.Tensor,
+    num_valid: int,
+    ratio: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The keys of the tokens Clip-Cov or KL-Cov select over a whole optimizer step (``cov_scope='step'``).
+
+    ``cov``, ``keys``, ``candidates``: one entry per valid token of the step, every micro-batch and process
+    concatenated in any order; ``cov`` centred with the step's means (:func:`token_covariance` with ``centre``).
+    k = max(1, int(ratio * num_valid)) as in :func:`num_selected_tokens`, counted over the whole step.
+
+    * ``kl_cov``: the top-k tokens by Cov (:func:`kl_cov_mask`), ties broken by the smaller key;
+    * ``clip_cov``: k tokens drawn uniformly among the candidates (lb < Cov < ub and not clipped by PPO,
+      :func:`clip_cov_mask`), by a permutation of the candidates sorted by key.
+
+    Sorting by key first makes the choice independent of how the step's tokens were split and ordered: the same
+    tokens for one micro-batch of 8, two of 4, or two processes of 4. Returns the selected keys, sorted.
+    """
+    k = num_selected_tokens(ratio, num_valid)
+    by_key = torch.argsort(keys)
+    keys, cov, candidates = keys[by_key], cov[by_key].float(), candidates[by_key].bool()
+    if k == 0:
+        return keys[:0]
+    if mode == "kl_cov":
+        order = torch.sort(cov, descending=True, stable=True).indices  # stable: equal Cov keeps key order
+        return torch.sort(keys[order[:k]]).values
+    if mode == "clip_cov":
+        pool = keys[candidates]
+        order = torch.randperm(pool.numel(), generator=generator, device="cpu").to(pool.device)
+        return torch.sort(pool[order[:k]]).values
+    raise ValueError(f"step_cov_selection supports clip_cov and kl_cov, not {mode!r}.")
 
 
 def aggregate_token_loss(

@@ -192,6 +192,13 @@ def digit_share_reward(completions: list, **_: object) -> list[float]:
     return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in texts]
 
 
+def even_answer_constant_reward(completions: list, answer: list, **_: object) -> list[float]:
+    """Constant (1.0) on the prompts whose answer is even, the graded digit share on the others: the groups of
+    even-answer prompts always have equal rewards (dynamic sampling drops them)."""
+    varied = digit_share_reward(completions)
+    return [1.0 if int(a) % 2 == 0 else v for a, v in zip(answer, varied, strict=True)]
+
+
 def logged(trainer: Any, key: str) -> list[float]:
     """Every logged value of ``key`` in the trainer's history, one per logging step."""
     return [entry[key] for entry in trainer.state.log_history if key in entry]

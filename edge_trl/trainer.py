@@ -10,8 +10,11 @@ It hooks TRL at these seams and re-implements no TRL method body:
   reflection branch) before TRL scores them again and computes advantages; then re-logs TRL's length metrics and
   ``num_tokens`` for the corrected completions.
 * ``_calculate_rewards`` (after TRL): keeps the rewards TRL trains on, for GEC's after-correction metrics.
-* ``_generate_and_score_completions`` (after TRL): EDA with ``eda_scope='group'`` rescales the advantages of the whole
-  generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
+* ``_generate_and_score_completions``: with ``dynamic_sampling``, scores generation batches drawn from the next prompts
+  of the training sampler's order until the groups whose metric differs fill one generation batch (DAPO, section
+  3.2; the decision on gathered rewards, the same on every process); each batch goes through the steps below.
+* ``_score_generation_batch`` (TRL's ``_generate_and_score_completions``, then): EDA with ``eda_scope='group'``
+  rescales the advantages of the whole generation batch, before TRL shuffles it into micro-batches. The rollout entropies come from TRL's own no-grad
   old-log-prob forward when TRL makes one (we ask it to return entropies too); when the whole rollout is one
   micro-batch (``steps_per_generation == 1``) the scaling is deferred to the loss forward, which sees every response
   with the same weights (each response carries its group id through TRL's shuffle); otherwise one extra no-grad
@@ -20,17 +23,20 @@ It hooks TRL at these seams and re-implements no TRL method body:
   and EDA with ``eda_scope='batch'`` rescale the micro-batch's advantages (TRL reads them after this call), then the
   covariance mode, looked up in ``core_algos.COV_MODES``, returns the log-probs TRL's surrogate uses (Clip-Cov:
   selected tokens detached), its per-token penalty (KL-Cov) and whether to drop PPO's clip (KL-Cov).
+* ``_prepare_inputs`` (after TRL's): with ``cov_scope='step'``, at the first micro-step of an optimizer step, one
+  no-grad forward over the step's micro-batches (all in TRL's rollout buffer) chooses the Clip-Cov / KL-Cov tokens
+  of the whole step, over every process (``core_algos.step_cov_selection``).
 * ``_compute_loss``: adds a covariance mode's penalty (KL-Cov), reduced exactly like TRL reduces its per-token loss,
   and, for a mode that asks for it (KL-Cov, the authors' loss), has TRL compute the unclipped surrogate -r A.
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
   and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
-  GEC's rollout count) is saved with each checkpoint and restored; the training sampler is TRL's, made resumable
-  across epochs. See :mod:`edge_trl.checkpoints`.
+  GEC's rollout count, dynamic sampling's prompt position) is saved with each checkpoint and restored; the
+  training sampler is TRL's, made resumable across epochs. See :mod:`edge_trl.checkpoints`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
-travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``), a key of TRL's batch that survives its
-shuffle into micro-batches.
+travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``) and, with a covariance mode, its position
+in the rollout (``RESPONSE_IDS_KEY``): keys of TRL's batch that survive its shuffle into micro-batches.
 
 Reward functions are wrapped by :func:`edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
 reward fails on (raises, hangs, NaN/inf) scores None instead of stopping the run.
@@ -42,6 +48,7 @@ With every EDGE feature off, the trainer runs TRL's code paths unchanged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -51,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
@@ -70,11 +78,15 @@ from edge_trl.core_algos import (
     CovSettings,
     aggregate_token_loss,
     collapsed_group_share,
+    dynamic_sampling_filter,
     entropy_scale,
     get_cov_mode,
+    ppo_clipped_mask,
     response_entropy,
     scale_per_response,
+    step_cov_selection,
     token_covariance,
+    token_keys,
 )
 from edge_trl.data import normalize_answer
 from edge_trl.end_of_turn import end_of_turn_token_ids
@@ -84,6 +96,11 @@ logger = logging.getLogger(__name__)
 
 # Key of TRL's batch that carries each response's group id through TRL's shuffle (deferred group-scope EDA).
 GROUP_IDS_KEY = "edge_group_ids"
+# Key of TRL's batch with each response's position in its rollout (covariance modes: a token's name is its response's
+# position and its own; cov_scope='step' selects by it).
+RESPONSE_IDS_KEY = "edge_response_ids"
+# Rollout keys padded on the left (TRL left-pads prompts); every other 2-D key is a completion-side (B, T) tensor.
+_PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 
 
 @dataclass
@@ -110,12 +127,14 @@ class _LossState:
 
     * ``inputs``: a shallow copy of the micro-batch TRL's loss reads (the hooks may replace its advantages);
     * ``penalty``: a covariance mode's extra loss term, already reduced like TRL's loss (None: nothing to add);
-    * ``saved_epsilons``: PPO's clip range, saved while a covariance mode has TRL compute the unclipped surrogate.
+    * ``saved_epsilons``: PPO's clip range, saved while a covariance mode has TRL compute the unclipped surrogate;
+    * ``selected``: the tokens the covariance mode acted on in this micro-batch.
     """
 
     inputs: dict[str, Any]
     penalty: torch.Tensor | None = None
     saved_epsilons: tuple[float, float] | None = None
+    selected: torch.Tensor | None = None
 
 
 class EdgeGRPOTrainer(GRPOTrainer):
@@ -126,7 +145,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
     ``dataset`` and ``model`` are read, all optional. Extra metrics, logged
     through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var`` (every rollout), ``adv_var_before_eda``,
     ``adv_var_after_eda``, ``eda_scale_{min,mean,max}``, ``eda_extra_forward_s``, ``cov_mean``,
-    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share`` and ``kl_cov_penalty``; and under
+    ``cov_selected_mean``, ``clip_cov_selected_share``, ``kl_cov_selected_share``, ``kl_cov_penalty`` and
+    ``cov_step_forward_s`` (``cov_scope='step'``); under ``dynamic_sampling/`` (one value per rollout):
+    ``gen_batches``, ``kept_group_share``, ``dropped_all_correct``, ``dropped_all_wrong``, ``frac_reward_zero_std``
+    (of the trained batch) and ``rollout_s``; and under
     ``gec/``: ``corrected_share``, ``{reflect,answer,solution,truncated}_count``, ``reflection_new_tokens_mean``,
     ``accuracy_before``/``accuracy_after``, ``collapsed_group_share_before``/``collapsed_group_share_after`` and
     ``mean_length_before``. With GEC, TRL's ``completions/*`` length metrics and ``num_tokens`` count the corrected
@@ -167,6 +189,9 @@ class EdgeGRPOTrainer(GRPOTrainer):
             vllm_support.adapt_vllm_generation(self)
         if self.args.gec_correction_active:
             self._setup_gec(kwargs.get("train_dataset"))
+        if self.args.dynamic_sampling:
+            self._setup_dynamic_sampling(kwargs.get("train_dataset"))
+        self._step_selection: dict[int, torch.Tensor] = {}  # cov_scope='step': selected tokens per micro-step
 
     # ----------------------------------------------------------------------------------------------------------------
     # End of turn: a stop token with conversational prompts
@@ -227,6 +252,21 @@ class EdgeGRPOTrainer(GRPOTrainer):
         )
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        training = self.model.training
+        if self.args.dynamic_sampling and training:
+            output = self._dynamic_sampling_rollout()
+        else:
+            output = self._score_generation_batch(inputs)
+        if self.args.cov_mode != "none" and training:
+            # Each response's place in the rollout, which TRL's shuffle keeps: names a token whatever micro-batch it
+            # lands in (cov_scope='step' selects by it; tests compare selections by it).
+            local = output["advantages"].size(0)
+            start = self.accelerator.process_index * local
+            output[RESPONSE_IDS_KEY] = torch.arange(start, start + local, device=output["advantages"].device)
+        return output
+
+    def _score_generation_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's rollout of one generation batch, with GEC and group-scope EDA (``_last_rewards``: its rewards)."""
         group_eda = self.args.eda and self.args.eda_scope == "group"
         correcting = self.args.gec_correction_active and self.model.training
         rollout = _RolloutState(
@@ -238,6 +278,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout = None
+        self._last_rewards = rollout.rewards_per_func
 
         mode = self._mode()
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
@@ -296,6 +337,162 @@ class EdgeGRPOTrainer(GRPOTrainer):
         return entropies
 
     # ----------------------------------------------------------------------------------------------------------------
+    # DAPO dynamic sampling (what and why: docs/methods/dynamic-sampling.md)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _setup_dynamic_sampling(self, train_dataset: Any) -> None:
+        args = self.args
+        names = [*self.reward_func_names, "reward"]
+        if args.dynamic_sampling_metric not in names:
+            raise ValueError(
+                f"dynamic_sampling_metric={args.dynamic_sampling_metric!r} is not one of the reward functions "
+                f"{self.reward_func_names}: name one of them, or 'reward' for the weighted sum of all rewards."
+            )
+        if train_dataset is not None and not hasattr(train_dataset, "__getitem__"):
+            raise ValueError(
+                "dynamic_sampling draws further prompts in the training sampler's order, which needs a map-style "
+                "dataset (an IterableDataset has no sampler): pass a datasets.Dataset, or set dynamic_sampling=False."
+            )
+        # Generation batches drawn so far (the run's prompt position in the sampler's order, saved with checkpoints).
+        self._ds_batches_drawn = 0
+
+    def _ds_rows(self, batch_number: int) -> list[dict[str, Any]]:
+        """This process's rows of generation batch ``batch_number`` of the training sampler's order, as TRL's data
+        loader gives them: the batch's prompts each repeated num_generations times, process p taking the p-th slice
+        (accelerate's ``BatchSamplerShard``)."""
+        sampler = getattr(self, "_train_sampler", None)
+        if sampler is None:
+            raise RuntimeError("dynamic_sampling needs the training sampler: it is built by get_train_dataloader().")
+        indices = [i for i in sampler.chunk(batch_number) for _ in range(self.num_generations)]
+        local = len(indices) // self.accelerator.num_processes
+        start = self.accelerator.process_index * local
+        return [sampler.data_source[i] for i in indices[start : start + local]]
+
+    def _ds_metric(self, rewards_per_func: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The metric a group's responses must differ in, and the value from which a response counts as correct."""
+        name = self.args.dynamic_sampling_metric
+        if name == "reward":
+            return self._weighted_reward(rewards_per_func), float(self.reward_weights.sum())
+        return rewards_per_func[:, self.reward_func_names.index(name)], 1.0
+
+    def _dynamic_sampling_rollout(self) -> dict[str, Any]:
+        """DAPO's dynamic sampling (verl ``recipe/dapo/dapo_ray_trainer.py``, ``algorithm.filter_groups``).
+
+        Generates and scores generation batches from the next prompts of the sampler's order, keeps the groups whose
+        metric is not constant (:func:`core_algos.dynamic_sampling_filter`; after GEC's correction, since scoring
+        includes it), until the kept groups fill one generation batch; the surplus is cut. Every process sees the
+        gathered rewards, so all decide the same and generate the same number of batches. Returns this process's
+        slice of the kept batch, in TRL's layout.
+        """
+        args, group_size = self.args, self.num_generations
+        target_rows = args.generation_batch_size  # all processes; one rollout (steps_per_generation micro-batches)
+        target_groups = target_rows // group_size
+        kept_parts: list[dict[str, torch.Tensor]] = []
+        kept_rewards: list[torch.Tensor] = []
+        kept_groups = generated_groups = all_correct = all_wrong = batches = 0
+        start_time = time.perf_counter()
+        while kept_groups < target_groups:
+            if args.max_num_gen_batches and batches >= args.max_num_gen_batches:
+                raise RuntimeError(
+                    f"dynamic_sampling: {batches} generation batches (max_num_gen_batches={args.max_num_gen_batches}) "
+                    f"kept only {kept_groups} of the {target_groups} groups this rollout needs: in the others every "
+                    f"response had the same {args.dynamic_sampling_metric!r} ({all_correct} groups all correct, "
+                    f"{all_wrong} all wrong), so the data is too difficult or too easy for the model. Raise "
+                    "max_num_gen_batches (0 = unlimited), use gec=True (wrong groups get a corrected response), or "
+                    "train on data of a fitting difficulty."
+                )
+            rows = self._ds_rows(self._ds_batches_drawn)
+            self._ds_batches_drawn += 1
+            batches += 1
+            output = self._score_generation_batch(rows)
+            metric, threshold = self._ds_metric(self._last_rewards)
+            keep, correct = dynamic_sampling_filter(metric, group_size, threshold)
+            generated_groups += keep.numel()
+            kept_groups += int(keep.sum())
+            all_correct += int(correct.sum())
+            all_wrong += int((~keep & ~correct).sum())
+            rows_kept = keep.repeat_interleave(group_size).to(self.accelerator.device)
+            whole = self._gather_rollout(output)
+            kept_parts.append({key: value[rows_kept] for key, value in whole.items()})
+            kept_rewards.append(self._weighted_reward(self._last_rewards)[rows_kept.to(self._last_rewards.device)])
+
+        batch = self._merge_rollouts(kept_parts, target_rows)
+        trained_rewards = torch.cat(kept_rewards)[:target_rows]
+        loss_mask = self._loss_mask(batch)
+        local = target_rows // self.accelerator.num_processes
+        start = self.accelerator.process_index * local
+        output = self._trim_padding({key: value[start : start + local] for key, value in batch.items()})
+        output["num_items_in_batch"] = loss_mask.sum()  # TRL's: active tokens of the whole (all-process) batch
+        if GROUP_IDS_KEY in output:  # deferred group EDA: group ids of the kept batch
+            output[GROUP_IDS_KEY] = torch.arange(start, start + local, device=loss_mask.device) // group_size
+
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/gen_batches"].append(float(batches))
+        metrics["dynamic_sampling/kept_group_share"].append(kept_groups / max(generated_groups, 1))
+        metrics["dynamic_sampling/dropped_all_correct"].append(float(all_correct))
+        metrics["dynamic_sampling/dropped_all_wrong"].append(float(all_wrong))
+        metrics["dynamic_sampling/frac_reward_zero_std"].append(collapsed_group_share(trained_rewards, group_size))
+        metrics["dynamic_sampling/rollout_s"].append(time.perf_counter() - start_time)
+        return output
+
+    def _pad_value(self, key: str) -> int | float:
+        if key in ("prompt_ids", "completion_ids"):
+            return self._tokenizer.pad_token_id
+        return 1 if key == "tool_mask" else 0  # TRL pads tool_mask with 1; masks, log-probs, ratios with 0
+
+    def _gather_rollout(self, output: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Every process's rows of a scored generation batch, in global order (each process holds them all)."""
+        local = output["advantages"].size(0)
+        whole = {}
+        for key, value in output.items():
+            if key == "num_items_in_batch":
+                continue  # recomputed for the kept batch
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.size(0) != local:
+                raise ValueError(
+                    f"dynamic_sampling cannot regroup the rollout field {key!r}: multimodal rollouts are not "
+                    "supported; set dynamic_sampling=False."
+                )
+            if value.dim() >= 2:
+                value = self.accelerator.pad_across_processes(
+                    value, dim=1, pad_index=self._pad_value(key), pad_first=key in _PROMPT_KEYS
+                )
+            whole[key] = self.accelerator.gather(value)
+        return whole
+
+    def _merge_rollouts(self, parts: list[dict[str, torch.Tensor]], rows: int) -> dict[str, torch.Tensor]:
+        """Concatenate kept rows of several generation batches (widths padded as TRL pads) and cut at ``rows``."""
+        merged = {}
+        for key in parts[0]:
+            tensors = [part[key] for part in parts]
+            if tensors[0].dim() >= 2:
+                width = max(t.size(1) for t in tensors)
+                left = key in _PROMPT_KEYS
+                tensors = [
+                    F.pad(t, (width - t.size(1), 0) if left else (0, width - t.size(1)), value=self._pad_value(key))
+                    for t in tensors
+                ]
+            merged[key] = torch.cat(tensors)[:rows]
+        return merged
+
+    def _trim_padding(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Drop the padding columns no row of this process needs, so its tensors are as wide as TRL pads them."""
+        if self.pad_to_multiple_of is not None:
+            return batch
+        prompt_used = batch["prompt_mask"].bool().any(0).nonzero()
+        first = int(prompt_used[0]) if prompt_used.numel() else 0
+        completion_width = batch["completion_mask"].size(1)
+        used = batch["completion_mask"].bool().any(0).nonzero()  # TRL pads to the longest masked completion
+        last = max(int(used[-1]) + 1, 1) if used.numel() else 1
+        trimmed = {}
+        for key, value in batch.items():
+            if key in _PROMPT_KEYS:
+                value = value[:, first:]
+            elif value.dim() >= 2 and value.size(1) == completion_width:
+                value = value[:, :last]
+            trimmed[key] = value
+        return trimmed
+
+    # ----------------------------------------------------------------------------------------------------------------
     # Loss: batch-scope EDA, Clip-Cov, KL-Cov
     # ----------------------------------------------------------------------------------------------------------------
 
@@ -338,20 +535,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
         mask = self._loss_mask(inputs)
         metrics = self._metrics[mode]
 
-        group_ids = inputs.pop(GROUP_IDS_KEY, None)
-        if group_ids is not None or (self.args.eda and self.args.eda_scope == "batch"):
-            advantages = inputs["advantages"]
-            all_advantages = self.accelerator.gather(advantages)
-            all_entropy = self.accelerator.gather(response_entropy(entropies, mask))
-            all_valid = self.accelerator.gather(mask.sum(-1) > 0)
-            if group_ids is None:  # batch scope: the gathered micro-batch is one set
-                all_scale = self._eda_scale(all_entropy, all_valid, None)
-            else:  # group scope, deferred from the rollout: regroup the shuffled responses, scale, scatter back
-                group_size = self.num_generations if mode == "train" else self.num_generations_eval
-                order = torch.argsort(self.accelerator.gather(group_ids), stable=True)
-                all_scale = torch.empty_like(all_entropy)
-                all_scale[order] = self._eda_scale(all_entropy[order], all_valid[order], group_size)
-            inputs["advantages"] = scale_per_response(advantages, self._local_slice(all_scale, advantages.size(0)))
+        scaled = self._eda_in_loss(inputs, entropies, mask)
+        inputs.pop(GROUP_IDS_KEY, None)
+        if scaled is not None:
+            inputs["advantages"], all_advantages, all_scale = scaled
             self._log_eda(mode, all_advantages, all_scale)
 
         cov_mode = self.args.cov_mode
@@ -360,7 +547,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
         advantages = inputs["advantages"]
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps
-        terms = get_cov_mode(cov_mode)(logps, old_logps, advantages, mask, self._cov_settings())
+        settings = self._cov_settings()
+        if self.args.cov_scope == "step" and self.model.training:
+            selected = self._step_selection.get(self._step)
+            if selected is None or selected.shape != mask.shape:
+                raise RuntimeError(f"cov_scope='step': no token selection for micro-step {self._step}.")
+            settings = dataclasses.replace(settings, selected=selected)
+        terms = get_cov_mode(cov_mode)(logps, old_logps, advantages, mask, settings)
+        self._loss.selected = terms.selected
         if terms.unclipped:
             # TRL 1.16 _compute_loss computes -min(r A, clamp(r, 1 - eps_low, 1 + eps_high) A): with an infinite clip
             # range the clamp is the identity and the surrogate is -r A on every token, value and gradient (TRL's
@@ -381,6 +575,120 @@ class EdgeGRPOTrainer(GRPOTrainer):
         metrics["edge/cov_selected_mean"].append(selected_cov_sum / max(n_selected, 1.0))
         metrics[f"edge/{cov_mode}_selected_share"].append(n_selected / max(n_valid, 1.0))
         return terms.logps
+
+    def _eda_in_loss(
+        self, inputs: dict[str, Any], entropies: torch.Tensor | None, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """EDA applied from the training forward's entropies (batch scope, or group scope deferred from the rollout):
+        the micro-batch's scaled advantages, the gathered advantages and scales; None when EDA does not act here."""
+        group_ids = inputs.get(GROUP_IDS_KEY)
+        if group_ids is None and not (self.args.eda and self.args.eda_scope == "batch"):
+            return None
+        advantages = inputs["advantages"]
+        all_advantages = self.accelerator.gather(advantages)
+        all_entropy = self.accelerator.gather(response_entropy(entropies, mask))
+        all_valid = self.accelerator.gather(mask.sum(-1) > 0)
+        if group_ids is None:  # batch scope: the gathered micro-batch is one set
+            all_scale = self._eda_scale(all_entropy, all_valid, None)
+        else:  # group scope, deferred from the rollout: regroup the shuffled responses, scale, scatter back
+            group_size = self.num_generations if self._mode() == "train" else self.num_generations_eval
+            order = torch.argsort(self.accelerator.gather(group_ids), stable=True)
+            all_scale = torch.empty_like(all_entropy)
+            all_scale[order] = self._eda_scale(all_entropy[order], all_valid[order], group_size)
+        scaled = scale_per_response(advantages, self._local_slice(all_scale, advantages.size(0)))
+        return scaled, all_advantages, all_scale
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # cov_scope='step': one Clip-Cov / KL-Cov selection per optimizer step (docs/methods/cov-scope.md)
+    # ----------------------------------------------------------------------------------------------------------------
+
+    def _prepare_inputs(self, generation_batch: Any) -> dict[str, Any]:
+        inputs = super()._prepare_inputs(generation_batch)
+        step_scope = self.args.cov_scope == "step" and self.args.cov_mode != "none" and self.model.training
+        if step_scope and self._step not in self._step_selection:  # the first micro-step of an optimizer step
+            self._select_step_tokens()
+        return inputs
+
+    @torch.no_grad()
+    def _select_step_tokens(self) -> None:
+        """Choose the Clip-Cov / KL-Cov tokens of the whole optimizer step that starts at micro-step ``_step``.
+
+        One no-grad forward over the step's micro-batches (TRL 1.16 keeps them all in ``_buffered_inputs``; the
+        weights do not change within a step, so these are the log-probs the loss forwards will see), the
+        covariance centred with the means over the step's valid tokens on every process, k counted over them, and
+        the choice made by :func:`core_algos.step_cov_selection` on the gathered tokens, named by their response's
+        rollout position and their own: the same tokens however the step is split into micro-batches and processes.
+        """
+        start_time = time.perf_counter()
+        args = self.args
+        first, count = self._step, self.current_gradient_accumulation_steps
+        micro_batches = [self._buffered_inputs[(first + j) % args.steps_per_generation] for j in range(count)]
+        eda_in_loss = args.eda and args.eda_scope == "batch"
+        parts = []
+        with disable_gradient_checkpointing(self.model, args.gradient_checkpointing_kwargs):
+            for inputs in micro_batches:
+                mask = self._loss_mask(inputs)
+                input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+                attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+                logps, entropies, _ = super()._get_per_token_logps_and_entropies(
+                    self.model,
+                    input_ids,
+                    attention_mask,
+                    inputs["completion_ids"].size(1),
+                    compute_entropy=eda_in_loss or GROUP_IDS_KEY in inputs,
+                )
+                scaled = self._eda_in_loss(inputs, entropies, mask)
+                advantages = inputs["advantages"] if scaled is None else scaled[0]
+                parts.append((inputs, mask, logps, advantages))
+
+        # The step's means over every valid token of every micro-batch and process.
+        sums = torch.zeros(3, dtype=torch.float64, device=self.accelerator.device)
+        for _, mask, logps, advantages in parts:
+            m = mask.double()
+            adv = advantages.double().unsqueeze(-1) if advantages.dim() == 1 else advantages.double()
+            sums += torch.stack([(adv * m).sum(), (logps.double() * m).sum(), m.sum()])
+        adv_sum, logp_sum, num_valid = self.accelerator.reduce(sums, reduction="sum").tolist()
+        centre = (adv_sum / max(num_valid, 1.0), logp_sum / max(num_valid, 1.0))
+
+        covs, keys, candidates, token_key_maps = [], [], [], []
+        for inputs, mask, logps, advantages in parts:
+            valid = mask.bool()
+            cov = token_covariance(advantages, logps, mask, centre=centre)
+            key = token_keys(inputs[RESPONSE_IDS_KEY], mask.size(1))
+            candidate = valid
+            if args.cov_mode == "clip_cov":
+                old = inputs.get("old_per_token_logps")
+                ratio = torch.exp(logps - (logps if old is None else old))
+                clipped = ppo_clipped_mask(ratio, advantages, self.epsilon_low, self.epsilon_high)
+                candidate = valid & (cov > args.clip_cov_lb) & (cov < args.clip_cov_ub) & ~clipped
+            covs.append(cov[valid])
+            keys.append(key[valid])
+            candidates.append(candidate[valid])
+            token_key_maps.append((key, valid))
+        all_cov, all_keys, all_candidates = (
+            self._gather_ragged(torch.cat(values)) for values in (covs, keys, candidates)
+        )
+        ratio = args.clip_cov_ratio if args.cov_mode == "clip_cov" else args.kl_cov_ratio
+        # The same draw on every process and for every split: seeded by the seed and the optimizer step only.
+        generator = torch.Generator().manual_seed((args.seed * 1_000_003 + self.state.global_step) % (2**63))
+        chosen = step_cov_selection(
+            args.cov_mode, all_cov, all_keys, all_candidates, int(num_valid), ratio, generator=generator
+        )
+        self._step_selection = {
+            first + j: torch.isin(key, chosen) & valid for j, (key, valid) in enumerate(token_key_maps)
+        }
+        self._metrics["train"]["edge/cov_step_forward_s"].append(time.perf_counter() - start_time)
+
+    def _gather_ragged(self, values: torch.Tensor) -> torch.Tensor:
+        """Concatenate a 1-D tensor of a different length on each process, in process order."""
+        if self.accelerator.num_processes == 1:
+            return values
+        if values.dtype == torch.bool:  # not every backend gathers bool
+            return self._gather_ragged(values.to(torch.uint8)).bool()
+        lengths = self.accelerator.gather(torch.tensor([values.numel()], device=values.device))
+        padded = self.accelerator.pad_across_processes(values, dim=0)
+        gathered = self.accelerator.gather(padded).view(self.accelerator.num_processes, -1)
+        return torch.cat([row[:n] for row, n in zip(gathered, lengths.tolist(), strict=True)])
 
     def _cov_settings(self) -> CovSettings:
         args = self.args
@@ -677,7 +985,8 @@ class EdgeGRPOTrainer(GRPOTrainer):
         if type(sampler) is not RepeatSampler:
             return sampler
         # TRL's sampler with TRL's arguments, whose order in epoch e no longer depends on the epochs this process ran.
-        return ResumableRepeatSampler(
+        # Dynamic sampling reads further prompts in its order (ResumableRepeatSampler.chunk).
+        self._train_sampler = ResumableRepeatSampler(
             data_source=sampler.data_source,
             mini_repeat_count=sampler.mini_repeat_count,
             batch_size=sampler.batch_size,
@@ -685,11 +994,16 @@ class EdgeGRPOTrainer(GRPOTrainer):
             shuffle=sampler.shuffle,
             seed=sampler.seed,
         )
+        return self._train_sampler
 
     def _resume_counters(self) -> dict[str, int]:
         """The counters a resumed run must continue from: TRL's micro-step (rollout timing and slice, Clip-Cov's
         generator) and GEC's rollout count (its branch-draw generator)."""
-        return {"trl_step": self._step, "gec_rollouts": getattr(self, "_gec_calls", 0)}
+        return {
+            "trl_step": self._step,
+            "gec_rollouts": getattr(self, "_gec_calls", 0),
+            "ds_batches_drawn": getattr(self, "_ds_batches_drawn", 0),
+        }
 
     def _rollout_in_progress(self) -> bool:
         return rollout_in_progress(self._step, self.args.steps_per_generation, self.num_iterations)
@@ -730,6 +1044,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
         self._step = counters["trl_step"]
         if hasattr(self, "_gec_calls"):
             self._gec_calls = counters["gec_rollouts"]
+        if hasattr(self, "_ds_batches_drawn"):
+            if "ds_batches_drawn" not in counters:
+                logger.warning(
+                    "%s has no dynamic-sampling position (written without dynamic_sampling): prompts are drawn from "
+                    "the start of the sampler's order again.",
+                    checkpoint,
+                )
+            self._ds_batches_drawn = counters.get("ds_batches_drawn", 0)
         self._buffered_inputs = buffered
         if self._rollout_in_progress() and buffered is None:
             logger.warning(
@@ -774,11 +1096,20 @@ class EdgeGRPOTrainer(GRPOTrainer):
             )
         elif args.cov_mode == "kl_cov":
             settings.update(kl_cov_ratio=args.kl_cov_ratio, kl_cov_coef=args.kl_cov_coef, kl_cov_clip=args.kl_cov_clip)
+        if args.cov_mode != "none":
+            settings.update(cov_scope=args.cov_scope)
+        if args.dynamic_sampling:
+            settings.update(
+                dynamic_sampling=True,
+                dynamic_sampling_metric=args.dynamic_sampling_metric,
+                max_num_gen_batches=args.max_num_gen_batches,
+            )
         final: dict[str, float] = {}
         for entry in self.state.log_history:
             for key, value in entry.items():
                 if isinstance(value, (int, float)) and (
-                    key in ("reward", "train_loss", "entropy") or key.startswith(("rewards/", "edge/", "gec/"))
+                    key in ("reward", "train_loss", "entropy")
+                    or key.startswith(("rewards/", "edge/", "gec/", "dynamic_sampling/"))
                 ):
                     final[key] = value
         dataset = self.train_dataset

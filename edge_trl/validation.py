@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 EDA_SCOPES = ("group", "batch")
+COV_SCOPES = ("micro_batch", "step")
 # Loss types whose per-token loss is -min(r A, clip(r) A) reduced linearly: the ones Clip-Cov and KL-Cov modify.
 COV_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
@@ -100,6 +101,37 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
             )
     if config.eda and config.eda_scope == "batch" and getattr(config, "use_liger_loss", False):
         raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
+
+    if config.cov_scope not in COV_SCOPES:
+        raise ValueError(
+            f"cov_scope={config.cov_scope!r} is not supported: use 'micro_batch' (per micro-batch, the authors' code) "
+            "or 'step' (once per optimizer step, independent of the micro-batch split)."
+        )
+    if config.cov_scope == "step" and config.cov_mode not in ("none", "clip_cov", "kl_cov"):
+        raise ValueError(
+            f"cov_scope='step' selects tokens for the built-in clip_cov and kl_cov only, not cov_mode="
+            f"{config.cov_mode!r}: set cov_scope='micro_batch'."
+        )
+    if config.cov_scope == "step" and config.cov_mode != "none":
+        accumulation = getattr(config, "gradient_accumulation_steps", None) or 1
+        steps_per_generation = getattr(config, "steps_per_generation", None) or accumulation  # TRL's default
+        generate_every = steps_per_generation * (getattr(config, "num_iterations", None) or 1)
+        if generate_every % accumulation != 0:
+            raise ValueError(
+                f"cov_scope='step' needs every optimizer step inside one rollout: steps_per_generation * "
+                f"num_iterations = {generate_every} must be a multiple of gradient_accumulation_steps="
+                f"{accumulation}. Set steps_per_generation to a multiple of "
+                "gradient_accumulation_steps (the default, equal), or cov_scope='micro_batch'."
+            )
+    if config.max_num_gen_batches < 0:
+        raise ValueError(
+            f"max_num_gen_batches={config.max_num_gen_batches} must be >= 0 (0 = unlimited; verl's default is 10)."
+        )
+    if config.dynamic_sampling and not str(config.dynamic_sampling_metric or "").strip():
+        raise ValueError(
+            "dynamic_sampling_metric is empty: name a reward function (e.g. 'accuracy_reward') or 'reward' for the "
+            "weighted sum of all rewards."
+        )
 
     probs = {name: getattr(config, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
     for name, value in probs.items():

@@ -57,6 +57,13 @@ def test_cov_mode_spellings(tmp_path, spelling, mode):
         ),
         ({"gec": True, "gec_answer_template": "the answer is X"}, "has no '\\{answer\\}' placeholder"),
         ({"gec": True, "gec_max_new_tokens": 0}, "gec_max_new_tokens=0 must be >= 1"),
+        ({"cov_scope": "rollout"}, "cov_scope='rollout' is not supported"),
+        (
+            {"cov_mode": "clip_cov", "cov_scope": "step", "gradient_accumulation_steps": 2, "steps_per_generation": 1},
+            "steps_per_generation \\* num_iterations = 1 must be a multiple of gradient_accumulation_steps=2",
+        ),
+        ({"dynamic_sampling": True, "max_num_gen_batches": -1}, "max_num_gen_batches=-1 must be >= 0"),
+        ({"dynamic_sampling": True, "dynamic_sampling_metric": " "}, "dynamic_sampling_metric is empty"),
     ],
 )
 def test_bad_values_name_the_field(tmp_path, overrides, message):

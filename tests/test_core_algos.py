@@ -19,7 +19,7 @@ from edge_trl import (
     response_entropy,
     token_covariance,
 )
-from edge_trl.core_algos import num_selected_tokens
+from edge_trl.core_algos import masked_mean, num_selected_tokens, step_cov_selection, token_keys
 
 # Four responses, two tokens each; response 2's second token is padding (its entropy 99 must never count).
 ENTROPIES = torch.tensor([[1.0, 1.0], [2.0, 2.0], [1.0, 99.0], [4.0, 4.0]])
@@ -215,3 +215,35 @@ def test_aggregate_token_loss_by_hand():
     with pytest.raises(ValueError, match="cispo"):
         aggregate_token_loss(loss, mask, "cispo")
     assert math.isfinite(aggregate_token_loss(loss, torch.zeros(2, 3), "bnpo").item())
+
+
+def test_token_covariance_centred_on_given_means():
+    generator = torch.Generator().manual_seed(3)
+    adv, logps = torch.randn(3, generator=generator), torch.randn(3, 5, generator=generator)
+    mask = torch.ones(3, 5)
+    mask[1, 3:] = 0
+    means = (masked_mean(adv.unsqueeze(-1).expand(3, 5), mask), masked_mean(logps, mask))
+    assert torch.allclose(token_covariance(adv, logps, mask, centre=means), token_covariance(adv, logps, mask))
+    shifted = token_covariance(adv, logps, mask, centre=(0.0, 0.0))
+    assert torch.allclose(shifted, adv.unsqueeze(-1) * logps * mask)
+
+
+def test_step_cov_selection_ignores_the_order_and_split_of_the_tokens():
+    generator = torch.Generator().manual_seed(0)
+    cov = torch.randn(50, generator=generator)
+    keys = token_keys(torch.arange(10), 5).flatten()
+    candidates = torch.rand(50, generator=generator) > 0.3
+    for mode in ("kl_cov", "clip_cov"):
+        chosen = step_cov_selection(mode, cov, keys, candidates, 50, 0.2, torch.Generator().manual_seed(7))
+        assert chosen.numel() == 10  # k = max(1, int(0.2 * 50)) over the whole step
+        perm = torch.randperm(50, generator=generator)  # another split and order of the same tokens
+        again = step_cov_selection(
+            mode, cov[perm], keys[perm], candidates[perm], 50, 0.2, torch.Generator().manual_seed(7)
+        )
+        assert torch.equal(chosen, again)
+        if mode == "kl_cov":
+            assert torch.equal(chosen, torch.sort(keys[cov.topk(10).indices]).values)
+        else:
+            assert set(chosen.tolist()) <= set(keys[candidates].tolist())
+    with pytest.raises(ValueError, match="clip_cov and kl_cov"):
+        step_cov_selection("other", cov, keys, candidates, 50, 0.2)

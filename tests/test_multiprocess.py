@@ -9,19 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from edge_trl.accelerate_configs import CONFIG_DIR
 
-SCRIPT = Path(__file__).parent / "scripts" / "train_two_ranks.py"
+SCRIPTS = Path(__file__).parent / "scripts"
+SCRIPT = SCRIPTS / "train_two_ranks.py"
 
 
-def launch_two_ranks(model_path: Path, output_dir: Path, features: str, port: int) -> list[dict]:
+def launch_two_ranks(model_path: Path, output_dir: Path, features: str | None, port: int, script=SCRIPT) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--config_file", str(CONFIG_DIR / "cpu.yaml"),
         "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
-        str(SCRIPT), str(model_path), str(output_dir), features,
+        str(script), str(model_path), str(output_dir), *([features] if features else []),
     ]  # fmt: skip
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
@@ -75,3 +77,51 @@ def test_two_cpu_processes_correct_their_own_slices_with_gec(tmp_path, tiny_mode
         values = per_rank(ranks, key)
         assert len(values[0]) == 4 and values[0] == pytest.approx(values[1]), key
     assert sum(per_rank(ranks, "gec/accuracy_after")[0]) > 0
+
+
+@pytest.mark.slow
+def test_two_processes_dynamic_sampling_and_cov_step_scope(tmp_path, tiny_model_path):
+    """One launch of 2 processes (tests/scripts/ds_cov_two_ranks.py) for two checks.
+
+    cov_scope='step': micro-batch 8 x GA 1 and 4 x GA 2 (here, in this process) and 2 processes x 4 (the launch),
+    on the same fixed rollout, select the same tokens and make the same update within 1e-6; 'micro_batch' does not.
+    Dynamic sampling on 2 processes: the decision and the refill are collective (a group spans both ranks).
+    """
+    ranks = launch_two_ranks(tiny_model_path, tmp_path, None, 29535, script=SCRIPTS / "ds_cov_two_ranks.py")
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    sys.path.insert(0, str(SCRIPTS))
+    from split_runs import cov_split_run
+
+    for scope in ("step", "micro_batch"):
+        one = cov_split_run(str(tiny_model_path), tmp_path / f"{scope}-8x1", 8, 1, scope)
+        accumulated = cov_split_run(str(tiny_model_path), tmp_path / f"{scope}-4x2", 4, 2, scope)
+        two = {"selected": sorted(ranks[0][f"cov-{scope}"] + ranks[1][f"cov-{scope}"])}
+        two["update"] = torch.load(tmp_path / f"cov-{scope}.pt")
+        runs = (one, accumulated, two)
+        assert all(len(run["selected"]) > 1 for run in runs)
+        largest_difference = max(
+            (run["update"][name] - one["update"][name]).abs().max().item() for run in runs[1:] for name in one["update"]
+        )
+        if scope == "step":
+            assert one["selected"] == accumulated["selected"] == two["selected"]
+            assert largest_difference < 1e-6
+        else:  # per micro-batch: other centring, other k, other draws
+            assert one["selected"] != accumulated["selected"] and one["selected"] != two["selected"]
+            assert largest_difference > 1e-3
+
+    ds = [r["ds"] for r in ranks]
+    # one decision for both ranks: the same number of generation batches, in the sampler's order
+    assert ds[0]["batches_drawn"] == ds[1]["batches_drawn"] == len(ds[0]["drawn"]) > 3
+    for k, (rank0, rank1) in enumerate(zip(ds[0]["drawn"], ds[1]["drawn"], strict=True)):
+        assert rank0 + rank1 == [a for a in ds[0]["order"][k] for _ in range(4)]
+    for rank in ds:  # every trained response has an odd answer (the even-answer groups are dropped), 6 per rank
+        assert [t["rows"] for t in rank["trained"]] == [6, 6, 6]
+        answers = [
+            next(a for q, a in rank["questions"].items() if q in text) for t in rank["trained"] for text in t["prompts"]
+        ]
+        assert all(int(a) % 2 == 1 for a in answers)
+    assert ds[0]["param_checksum"] == pytest.approx(ds[1]["param_checksum"], rel=1e-9)
+    for key in ("dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "loss"):
+        values = per_rank([r["ds"] for r in ranks], key)
+        assert len(values[0]) == 3 and values[0] == values[1], key
+    assert sum(per_rank([r["ds"] for r in ranks], "dynamic_sampling/gen_batches")[0]) == len(ds[0]["drawn"])

@@ -20,7 +20,17 @@ import pytest
 pytestmark = pytest.mark.vllm
 
 SCRIPT = Path(__file__).parent / "scripts" / "vllm_train_methods.py"
-METHODS = ["eda_group", "eda_batch", "clip_cov", "kl_cov", "gec", "edge", "force_reflection", "lora"]
+METHODS = [
+    "eda_group",
+    "eda_batch",
+    "clip_cov",
+    "kl_cov",
+    "gec",
+    "edge",
+    "force_reflection",
+    "lora",
+    "dynamic_sampling",
+]
 GEC_METHODS = ["gec", "edge", "force_reflection", "lora"]
 
 
@@ -85,6 +95,7 @@ def test_method_trains_one_step_through_vllm(report, method):
         ("edge", ["gec/corrected_share", "edge/eda_scale_mean"]),
         ("force_reflection", ["gec/reflect_count"]),
         ("lora", ["gec/corrected_share", "edge/eda_scale_mean"]),
+        ("dynamic_sampling", ["dynamic_sampling/gen_batches", "edge/cov_step_forward_s"]),
     ],
 )
 def test_method_acted(report, method, metrics):
@@ -198,3 +209,13 @@ def test_edge_trl_train_vllm_colocate_end_to_end(tmp_path: Path):
     # TRL's console log of each step: the vLLM importance-sampling correction, GEC and EDA all ran.
     for metric in ("sampling/importance_sampling_ratio", "gec/corrected_share", "edge/eda_scale_mean"):
         assert metric in output, metric
+
+
+def test_dynamic_sampling_refills_through_vllm(report):
+    """Groups of even-answer prompts have equal rewards: vLLM generates further batches until 2 groups are kept."""
+    entry, log = report["dynamic_sampling"], first_log(report, "dynamic_sampling")
+    batches = log["dynamic_sampling/gen_batches"]
+    assert batches > 1 and len(entry["calls"]) == batches  # one vLLM generation per generation batch
+    assert log["dynamic_sampling/dropped_all_correct"] >= 1
+    assert log["dynamic_sampling/frac_reward_zero_std"] == 0.0
+    assert log["edge/clip_cov_selected_share"] > 0

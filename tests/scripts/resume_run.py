@@ -37,7 +37,12 @@ from trl import GRPOConfig, GRPOTrainer
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.presets import METHODS
-from edge_trl.testing import boxed_answer_reward, digit_share_reward, tiny_addition_dataset
+from edge_trl.testing import (
+    boxed_answer_reward,
+    digit_share_reward,
+    even_answer_constant_reward,
+    tiny_addition_dataset,
+)
 
 MAX_STEPS, SAVE_STEPS, KILL_AT = 4, 2, 2
 BASE: dict[str, Any] = {
@@ -85,6 +90,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     **{method: _edge(method) for method in METHODS},
     "eda-batch": _edge("eda", eda_scope="batch"),
     "edge-steps_per_generation": _edge("edge", steps_per_generation=4),
+    # Extra generation batches move the prompt position: it is saved and restored.
+    "dynamic-sampling": _edge("eda", dynamic_sampling=True, dynamic_sampling_metric="even_answer_constant_reward"),
+    # The step-scope selection (and its generator) after a resume inside a rollout.
+    "clip-cov-step": _edge("clip-cov", cov_scope="step"),
 }
 
 
@@ -107,6 +116,8 @@ def build_trainer(name: str, model_dir: str, output_dir: Path) -> GRPOTrainer:
     args = config_class(output_dir=str(output_dir), **{**BASE, **spec})
     corrects = spec.get("gec") or spec.get("force_reflection")
     reward = boxed_answer_reward if corrects else digit_share_reward
+    if spec.get("dynamic_sampling"):
+        reward = even_answer_constant_reward
     return trainer_class(model_dir, reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(num_prompts))
 
 

@@ -61,6 +61,16 @@ METHODS: dict[str, dict[str, Any]] = {
     # Token-level importance sampling here (TRL's default, sequence_mask, everywhere else): both levels are checked.
     "force_reflection": {"force_reflection": True, "vllm_importance_sampling_mode": "token_truncate", **GEC},
     "lora": {"eda": True, "gec": True, **GEC},
+    # Dynamic sampling refills through vLLM (every key of a vLLM rollout regrouped), with Clip-Cov's step scope.
+    "dynamic_sampling": {
+        "dynamic_sampling": True,
+        "dynamic_sampling_metric": "even_constant_length_reward",
+        "cov_mode": "clip_cov",
+        "cov_scope": "step",
+        "clip_cov_ratio": 0.05,
+        "clip_cov_lb": -10.0,
+        "clip_cov_ub": 10.0,
+    },
 }
 
 
@@ -68,6 +78,12 @@ def length_reward(completions: list, **_: object) -> list[float]:
     """A graded reward below 1 (so every response is "wrong" for GEC) that varies within a group."""
     texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
     return [min(len(text), 199) / 200 for text in texts]
+
+
+def even_constant_length_reward(completions: list, answer: list, **_: object) -> list[float]:
+    """1.0 on the prompts whose answer is even (their groups are all equal: dynamic sampling drops them), the
+    graded length reward on the others."""
+    return [1.0 if int(a) % 2 == 0 else r for a, r in zip(answer, length_reward(completions), strict=True)]
 
 
 def make_trainer_class():
@@ -150,7 +166,7 @@ def run(model_dir: str, name: str) -> dict[str, Any]:
     start = time.perf_counter()
     trainer = make_trainer_class()(
         model_dir,
-        reward_funcs=length_reward,
+        reward_funcs=even_constant_length_reward if name == "dynamic_sampling" else length_reward,
         args=args,
         train_dataset=tiny_addition_dataset(16),
         peft_config=peft_config,
