@@ -49,6 +49,10 @@ COV_ROLLOUT_SETTINGS: dict[str, Any] = {
     "weight_decay": 0.0,
     "max_grad_norm": 1.0,
     "beta": 0.0,
+    # DAPO's dynamic sampling, as the scripts set it (enable_filter_groups on acc, at most 10 generation batches).
+    "dynamic_sampling": True,
+    "dynamic_sampling_metric": "accuracy_reward",
+    "max_num_gen_batches": 10,
 }
 METHODS: dict[str, dict[str, Any]] = {
     "grpo": {},

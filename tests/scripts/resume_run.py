@@ -76,6 +76,8 @@ def _edge(method: str, **extra: Any) -> dict[str, Any]:
         settings.update(METHOD_SETTINGS["gec"])
     if settings.get("cov_mode") in METHOD_SETTINGS:
         settings.update(METHOD_SETTINGS[settings["cov_mode"]])
+    if settings.get("dynamic_sampling"):  # the Cov presets filter on accuracy; these runs have one other reward
+        settings["dynamic_sampling_metric"] = "reward"
     return {"trainer": "edge", **settings, **extra}
 
 
