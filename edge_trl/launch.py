@@ -462,16 +462,30 @@ def multi_machine_failure(run: RunSpec) -> str:
     )
 
 
+def _failures(error: Exception) -> list[tuple[int, Any]]:
+    """The ranks torchrun saw end badly (``ChildFailedError.failures``), the cause first: once one rank fails, torchrun
+    stops the others with SIGTERM, and those are listed too. The cause is the earliest failure not ended by SIGTERM
+    (when every rank got SIGTERM, from a scheduler say, the earliest)."""
+    import signal
+
+    found = [(rank, failure) for rank, failure in (getattr(error, "failures", None) or {}).items()
+             if isinstance(getattr(failure, "exitcode", None), int) and failure.exitcode]  # fmt: skip
+    return sorted(found, key=lambda item: (item[1].exitcode == -signal.SIGTERM, getattr(item[1], "timestamp", 0),
+                                           item[0]))  # fmt: skip
+
+
 def failed_ranks(error: Exception) -> list[str]:
-    """One line per rank torchrun saw fail (``ChildFailedError.failures``): which rank, and the signal that killed it
-    or its exit code. When one rank dies, torchrun stops the others within seconds; their tracebacks (gloo's
-    "Connection reset by peer", NCCL's "remote process exited") follow from it and say nothing of the cause."""
+    """One line per rank torchrun saw fail, the cause first: which rank, and the signal that killed it or its exit
+    code. When one rank dies, torchrun stops the others within seconds; their tracebacks (gloo's "Connection reset by
+    peer", NCCL's "remote process exited") follow from it and say nothing of the cause."""
     lines = []
-    for rank, failure in sorted((getattr(error, "failures", None) or {}).items()):
-        code = getattr(failure, "exitcode", None)
-        if not isinstance(code, int):
-            continue
-        if code < 0:
+    failures = _failures(error)
+    for position, (rank, failure) in enumerate(failures):
+        code = failure.exitcode
+        if position and code == -15:
+            lines.append(f"rank {rank} (pid {failure.pid}) was stopped by torchrun (SIGTERM) after rank "
+                         f"{failures[0][0]} failed.")  # fmt: skip
+        elif code < 0:
             _, how = describe_exit(code)
             cause = " (e.g. by the out-of-memory killer or a scheduler)" if -code == 9 else ""
             lines.append(f"rank {rank} (pid {failure.pid}) was {how}{cause}; torchrun stopped the other ranks, so "
@@ -482,16 +496,15 @@ def failed_ranks(error: Exception) -> list[str]:
 
 
 def _exit_code(error: Exception) -> int:
-    """The code the run ends with: -N when a signal N stopped it, as subprocess reports it (either the launcher itself
-    got it: torchrun raises SignalException with ``sigval`` once it has forwarded the signal to the ranks and they
-    have exited; or a rank was killed by it), else the first failed rank's own exit code (a worker's 2, 3 or 4 keep
-    their meaning through torchrun), else 0."""
+    """The code the run ends with: -N when a signal N stopped it, as subprocess reports it (the launcher itself got
+    it: torchrun raises SignalException with ``sigval`` once it has forwarded the signal to the ranks and they have
+    exited), else the code of the rank that failed first (`_failures`): -N when a signal killed it, or its own exit
+    code (a worker's 2, 3 or 4 keep their meaning through torchrun); 0 when none is known."""
     sigval = getattr(error, "sigval", None)
     if sigval is not None:
         return -int(sigval)
-    codes = [getattr(failure, "exitcode", 0) for _, failure in sorted((getattr(error, "failures", None) or {}).items())]
-    codes = [code for code in codes if isinstance(code, int) and code]
-    return next((code for code in codes if code < 0), codes[0] if codes else 0)
+    failures = _failures(error)
+    return failures[0][1].exitcode if failures else 0
 
 
 def describe_exit(code: int) -> tuple[int, str]:
