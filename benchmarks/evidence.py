@@ -210,7 +210,8 @@ def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dic
     prompts_needed = cli.steps * cli.batch_size // 8 + 64
     trainer = DiagnosedTrainer(
         str(model_dir), reward_funcs=boxed_answer_reward, args=args, processing_class=tokenizer,
-        train_dataset=embedded.mixed_addition_dataset(prompts_needed, seed=seed), callbacks=[held_out],
+        train_dataset=embedded.mixed_addition_dataset(prompts_needed, seed=seed, hard_share=cli.train_hard_share),
+        callbacks=[held_out],
     )  # fmt: skip
     begin = time.perf_counter()
     quiet(trainer).train()
@@ -542,6 +543,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps-per-generation", type=int, default=4, help="optimizer mini-batches per rollout")
     parser.add_argument("--learning-rate", type=float, default=1e-4)
     parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--train-hard-share", type=float, default=0.5,
+                        help="share of hard problems in the training prompts (0: the easy part only, a narrower "
+                        "task); the warm-up and the held-out evaluation keep the 50/50 mix")  # fmt: skip
     parser.add_argument("--eval-problems", type=int, default=64, help="held-out problems per difficulty")
     parser.add_argument("--warmup-target", type=float, default=0.03, help="hard-part sampled accuracy to stop at")
     parser.add_argument("--warmup-min-steps", type=int, default=150)
