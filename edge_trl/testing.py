@@ -44,6 +44,20 @@ CHAT_TEMPLATE = (
 )
 
 
+# The settings of every short CPU training run in the tests and their scripts: fp32 on CPU, no checkpointing, nothing
+# reported or saved, one log entry per step, seed 0, no progress bar.
+CPU_RUN_SETTINGS: dict[str, Any] = {
+    "bf16": False,
+    "gradient_checkpointing": False,
+    "use_cpu": True,
+    "report_to": "none",
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "seed": 0,
+    "disable_tqdm": True,
+}
+
+
 def _corpus(seed: int, size: int = 2000) -> list[str]:
     rng = random.Random(seed)
     words = [

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from edge_trl import EdgeGRPOConfig
+from edge_trl.testing import CPU_RUN_SETTINGS
 from edge_trl.testing import logged as logged  # re-exported: test files import it from here
 
 TINY_DEFAULTS: dict[str, Any] = {
@@ -17,14 +18,7 @@ TINY_DEFAULTS: dict[str, Any] = {
     "max_completion_length": 12,
     "max_steps": 2,
     "learning_rate": 1e-3,
-    "bf16": False,
-    "gradient_checkpointing": False,
-    "report_to": "none",
-    "logging_steps": 1,
-    "save_strategy": "no",
-    "use_cpu": True,
-    "seed": 0,
-    "disable_tqdm": True,
+    **CPU_RUN_SETTINGS,
 }
 
 

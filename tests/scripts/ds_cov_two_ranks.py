@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from split_runs import cov_split_run
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.testing import even_answer_constant_reward, tiny_addition_dataset
+from edge_trl.testing import CPU_RUN_SETTINGS, even_answer_constant_reward, tiny_addition_dataset
 
 
 class RecordingTrainer(EdgeGRPOTrainer):
@@ -48,14 +48,7 @@ def dynamic_sampling_run(model_dir: str, output_dir: Path) -> dict:
         eda=True,
         dynamic_sampling=True,
         dynamic_sampling_metric="even_answer_constant_reward",
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
+        **CPU_RUN_SETTINGS,
     )
     dataset = tiny_addition_dataset(64)
     trainer = RecordingTrainer(model_dir, reward_funcs=even_answer_constant_reward, args=args, train_dataset=dataset)

@@ -17,7 +17,7 @@ import torch
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.core_algos import token_keys
-from edge_trl.testing import digit_share_reward, tiny_addition_dataset
+from edge_trl.testing import CPU_RUN_SETTINGS, digit_share_reward, tiny_addition_dataset
 from edge_trl.trainer import RESPONSE_IDS_KEY
 
 DATASET_SIZE = 32
@@ -76,14 +76,7 @@ def cov_split_run(model_dir: str, output_dir: Path, per_device: int, accumulatio
         clip_cov_lb=-1e9,
         clip_cov_ub=1e9,
         cov_scope=scope,
-        bf16=False,
-        gradient_checkpointing=False,
-        use_cpu=True,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        disable_tqdm=True,
+        **CPU_RUN_SETTINGS,
     )
     trainer = FixedRollouts(
         model_dir, reward_funcs=content_reward, args=args, train_dataset=tiny_addition_dataset(DATASET_SIZE)

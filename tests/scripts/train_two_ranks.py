@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
-from edge_trl.testing import boxed_answer_reward, digit_share_reward, tiny_addition_dataset
+from edge_trl.testing import CPU_RUN_SETTINGS, boxed_answer_reward, digit_share_reward, tiny_addition_dataset
 
 
 def rank_split_reward(completions: list, **kwargs: object) -> list[float]:
@@ -66,14 +66,7 @@ def main() -> None:
         "max_completion_length": 12,
         "max_steps": 4,
         "learning_rate": 1e-3,
-        "bf16": False,
-        "gradient_checkpointing": False,
-        "use_cpu": True,
-        "report_to": "none",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "seed": 0,
-        "disable_tqdm": True,
+        **CPU_RUN_SETTINGS,
     }
     args = EdgeGRPOConfig(output_dir=str(output_dir), **{**settings, **features})
     trainer = RecordingTrainer(model_dir, reward_funcs=reward, args=args, train_dataset=tiny_addition_dataset(64))
