@@ -113,10 +113,10 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, AttributeError) as error:
-            return f"{index.name} does not parse ({error})"
-        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+            shards = index_shards(index)
+        except ValueError as error:
+            return str(error)
+        missing = [shard for shard in shards if not (folder / shard).is_file()]
         if missing:
             return f"weight shard {missing[0]} is missing"
     required = [] if deepspeed else ["optimizer.pt", "scheduler.pt"]
@@ -130,6 +130,15 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         if problem is not None:
             return f"{path.name} {problem}"
     return None
+
+
+def index_shards(index: Path) -> list[str]:
+    """The weight files a ``model.safetensors.index.json`` names, sorted; ValueError saying why when it does not
+    parse."""
+    try:
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError) as error:
+        raise ValueError(f"{index.name} does not parse ({error})") from None
 
 
 def _file_problem(path: Path) -> str | None:

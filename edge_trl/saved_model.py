@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from edge_trl.checkpoints import _safetensors_problem
+from edge_trl.checkpoints import _safetensors_problem, index_shards
 
 FULL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -81,9 +81,9 @@ def _weight_files(folder: Path, adapter: bool, problems: list[str]) -> list[Path
     index = folder / "model.safetensors.index.json"
     if index.is_file():
         try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, AttributeError) as error:
-            problems.append(f"{index.name} does not parse ({error})")
+            shards = index_shards(index)
+        except ValueError as error:
+            problems.append(str(error))
             return []
         missing = [shard for shard in shards if not (folder / shard).is_file()]
         problems += [f"weight shard {shard} (named by {index.name}) is missing" for shard in missing]

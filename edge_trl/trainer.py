@@ -371,9 +371,14 @@ class EdgeGRPOTrainer(GRPOTrainer):
     def _ds_metric(self, rewards_per_func: torch.Tensor) -> tuple[torch.Tensor, float]:
         """The metric a group's responses must differ in, and the value from which a response counts as correct."""
         name = self.args.dynamic_sampling_metric
-        if name == "reward":
+        return self._score(rewards_per_func, None if name == "reward" else name)
+
+    def _score(self, rewards_per_func: torch.Tensor, reward_name: str | None) -> tuple[torch.Tensor, float]:
+        """One reward function's scores (correct from 1.0), or with no name the weighted sum of all of them (correct
+        from the sum of the weights: format 1 + accuracy 1, as the official EDGE-GRPO code)."""
+        if reward_name is None:
             return self._weighted_reward(rewards_per_func), float(self.reward_weights.sum())
-        return rewards_per_func[:, self.reward_func_names.index(name)], 1.0
+        return rewards_per_func[:, self.reward_func_names.index(reward_name)], 1.0
 
     def _dynamic_sampling_rollout(self) -> dict[str, Any]:
         """DAPO's dynamic sampling (verl ``recipe/dapo/dapo_ray_trainer.py``, ``algorithm.filter_groups``).
@@ -768,14 +773,9 @@ class EdgeGRPOTrainer(GRPOTrainer):
 
     def _gec_is_correct(self, rewards_per_func: torch.Tensor) -> torch.Tensor:
         """Correct = the deciding reward reaches its threshold (NaN, an unscorable response, counts as wrong)."""
-        args = self.args
-        if args.gec_reward_name is not None:
-            score = rewards_per_func[:, self.reward_func_names.index(args.gec_reward_name)]
-            threshold = 1.0 if args.gec_correct_threshold is None else args.gec_correct_threshold
-        else:
-            score = self._weighted_reward(rewards_per_func)
-            default = float(self.reward_weights.sum())
-            threshold = default if args.gec_correct_threshold is None else args.gec_correct_threshold
+        score, threshold = self._score(rewards_per_func, self.args.gec_reward_name)
+        if self.args.gec_correct_threshold is not None:
+            threshold = self.args.gec_correct_threshold
         return score >= threshold - 1e-6
 
     def _generate(self, prompts: list):

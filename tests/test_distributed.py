@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 from edge_trl.accelerate_configs import CONFIG_DIR
 
+from _helpers import launch_two_ranks
 from _stub_hub import REPO, hub_env, running_stub_hub
 
 pytestmark = pytest.mark.slow
@@ -137,24 +138,11 @@ def test_zero3_without_16bit_save_is_not_called_saved_and_says_how_to_recover(tm
 
 # -- GEC under sharding with uneven work ---------------------------------------------------------------------------------
 
-SCRIPT = Path(__file__).parent / "scripts" / "train_two_ranks.py"
-
-
-def launch_two_ranks(config: str, model_path: Path, output_dir: Path, features: str, port: int) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu"}
-    multi = ["--multi_gpu"] if config == "cpu" else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG_DIR / f"{config}.yaml"),
-           *multi, "--num_processes", "2", "--main_process_port", str(port),
-           str(SCRIPT), str(model_path), str(output_dir), features]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return [json.loads((output_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
-
 
 def test_gec_with_one_rank_all_correct_does_not_deadlock_under_zero3_and_matches_ddp(tmp_path, tiny_model_path):
     """Rank 0's responses are all correct, rank 1's all wrong and all reflected: under ZeRO-3 generation is collective,
     so rank 0 joins rank 1's reflection call with a throw-away prompt. Same result as DDP."""
-    runs = {config: launch_two_ranks(config, tiny_model_path, tmp_path / config, "gec_uneven", port)
+    runs = {config: launch_two_ranks(tiny_model_path, tmp_path / config, "gec_uneven", port, config=config)
             for config, port in (("cpu", 29541), ("zero3", 29542))}  # fmt: skip
     for ranks in runs.values():
         reflected = [[e["reflected"] for e in r["gec_calls"]] for r in ranks]

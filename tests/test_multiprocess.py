@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from edge_trl.accelerate_configs import CONFIG_DIR
-
-SCRIPTS = Path(__file__).parent / "scripts"
-SCRIPT = SCRIPTS / "train_two_ranks.py"
-
-
-def launch_two_ranks(model_path: Path, output_dir: Path, features: str | None, port: int, script=SCRIPT) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(CONFIG_DIR / "cpu.yaml"),
-        "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
-        str(script), str(model_path), str(output_dir), *([features] if features else []),
-    ]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return [json.loads((output_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+from _helpers import SCRIPTS, launch_two_ranks
 
 
 def per_rank(ranks: list[dict], key: str) -> list[list[float]]:
