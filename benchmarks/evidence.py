@@ -12,18 +12,38 @@ off-policy after the first mini-batch, where KL-Cov acts:
 * ``gec``: Guided Error Correction (EDGE-GRPO's three branches, short cue for a char-level model);
 * ``edge``: EDA + GEC (EDGE-GRPO);
 * ``clip-cov``: Clip-Cov with the authors' PPO clip of 1;
-* ``kl-cov``: KL-Cov, the authors' unclipped loss, coefficient 1.
+* ``kl-cov``: KL-Cov, the authors' unclipped loss, coefficient 1;
+* ``dynamic-sampling``: GRPO plus DAPO's dynamic sampling (groups whose responses are all right or all wrong are
+  dropped and more prompts generated until the rollout is full);
+* ``gec-masked``: GEC with ``gec_mask_injected=True``: the injected cue and answer carry no gradient;
+* ``eda``: Entropy-Driven Advantage alone.
+
+Besides optimizer steps and training seconds, every evaluation records the tokens generated for training so far
+(``gen_tokens``: every completion token of every generation call, so dynamic sampling's extra generation batches and
+GEC's reflections count), for comparisons at equal generation compute.
+
+Grids (``--grid``, issue 19), each a preset of the flags below that explicit flags override:
+
+* ``first``: the first grid (issue 13): the first 5 methods, 200 steps on the 50/50 mix;
+* ``entropy``: entropy collapse for real: GRPO, Clip-Cov and KL-Cov trained on the easy part only at 2e-4 for 3,000
+  steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
+* ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
+  GEC masked, EDA and EDGE.
 
 Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
 hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
 reward trains) and ``strict`` (the completion is exactly ``\\boxed{answer}``). Training time excludes evaluation.
 
 Every (method, seed) run is written to ``<out>/runs/<method>-<seed>.json`` as soon as it ends and skipped when it
-exists, so a killed grid resumes where it stopped. Runs are interleaved: seed-major, the method order rotating with
+exists, so a killed grid resumes where it stopped. A run in progress holds ``<out>/runs/<method>-<seed>.lock`` (its
+pid): several processes may work on one grid without running a job twice, and a lock whose process is gone is taken
+over. Runs are interleaved: seed-major, the method order rotating with
 the seed, so every method sees the machine's load at every stage of the grid. ``--analyse-only`` rebuilds the tables,
 plots and claims from the saved runs.
 
-    python benchmarks/evidence.py                 # the full grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
+    python benchmarks/evidence.py                 # the first grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
+    python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
+    python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, 2 methods x 2 seeds, about 1 min
 """
 
@@ -36,6 +56,7 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,7 +91,33 @@ METHODS: dict[str, dict[str, Any]] = {
         "clip_cov_ub": 1e9,
     },
     "kl-cov": {"cov_mode": "kl_cov", "kl_cov_ratio": 0.02, "kl_cov_coef": 1.0},
+    # The metric is the accuracy reward's name (here the only reward). The batch cap is verl's default of 10 doubled:
+    # at the start about 40% of groups are collapsed, and a rollout that cannot fill stops the run.
+    "dynamic-sampling": {
+        "dynamic_sampling": True,
+        "dynamic_sampling_metric": "boxed_answer_reward",
+        "max_num_gen_batches": 20,
+    },
+    "gec-masked": {"gec": True, "gec_mask_injected": True, **SHORT_GEC},
+    "eda": {"eda": True},
 }
+FIRST_GRID_METHODS = ["grpo", "gec", "edge", "clip-cov", "kl-cov"]
+# Presets of the command-line flags; explicit flags override them.
+GRIDS: dict[str, dict[str, Any]] = {
+    "first": {"methods": FIRST_GRID_METHODS, "out": Path("benchmarks/results/evidence")},
+    "entropy": {
+        "methods": ["grpo", "clip-cov", "kl-cov"], "train_hard_share": 0.0, "learning_rate": 2e-4, "steps": 3000,
+        "eval_every": 250, "out": Path("benchmarks/results/evidence2/entropy"),
+        "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+    },
+    "advantage": {
+        "methods": ["grpo", "dynamic-sampling", "gec", "gec-masked", "eda", "edge"],
+        "out": Path("benchmarks/results/evidence2/advantage"),
+        "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+    },
+}  # fmt: skip
+ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "eda", "edge")
+COV_METHODS = ("clip-cov", "kl-cov")
 PARTS = ("easy", "hard", "all")
 MIN_SEEDS = 3  # fewer paired seeds than this: no verdict
 GRADERS = ("box", "strict")
@@ -81,7 +128,8 @@ EVAL_COLUMNS = [f"{part}/{grader}/pass@{k}" for part in PARTS for grader in GRAD
 LOG_COLUMNS = [
     "reward", "entropy", "edge/collapsed_group_share", "diag/cov", "edge/cov_mean", "edge/cov_selected_mean",
     "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
-    "gec/collapsed_group_share_before", "gec/collapsed_group_share_after",
+    "gec/collapsed_group_share_before", "gec/collapsed_group_share_after", "gec/reflect_count",
+    "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length",
 ]  # fmt: skip
 
 
@@ -122,6 +170,7 @@ class HeldOutPassAtK(TrainerCallback):
 
     def __init__(self, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], every: int, seed: int) -> None:
         self.tokenizer, self.problems, self.every, self.seed = tokenizer, problems, every, seed
+        self.trainer: DiagnosedTrainer | None = None  # set once the trainer exists: it counts the generated tokens
         self.points: list[dict[str, float]] = []
         self.start = self.eval_seconds = 0.0
 
@@ -129,7 +178,12 @@ class HeldOutPassAtK(TrainerCallback):
         begin = time.perf_counter()
         # The same sampling seed for every method at a given step and run seed: common random numbers.
         point = evaluate(model, self.tokenizer, self.problems, seed=self.seed * 100_003 + state.global_step)
-        point.update(step=state.global_step, train_s=begin - self.start - self.eval_seconds, load1=os.getloadavg()[0])
+        point.update(
+            step=state.global_step,
+            train_s=begin - self.start - self.eval_seconds,
+            gen_tokens=self.trainer.generated_tokens if self.trainer is not None else 0,
+            load1=os.getloadavg()[0],
+        )
         self.points.append(point)
         self.eval_seconds += time.perf_counter() - begin
 
@@ -145,7 +199,17 @@ class HeldOutPassAtK(TrainerCallback):
 class DiagnosedTrainer(EdgeGRPOTrainer):
     """EdgeGRPOTrainer that logs ``diag/cov``, the covariance of log pi and A over the mini-batch's valid tokens
     (``core_algos.token_covariance``) at the rollout policy (TRL's old log-probs), the same way for every method, so
-    vanilla, GEC and EDGE get the entropy-change predictor too (``edge/cov_mean`` exists only with a cov_mode)."""
+    vanilla, GEC and EDGE get the entropy-change predictor too (``edge/cov_mean`` exists only with a cov_mode).
+    It also counts ``generated_tokens``: the completion tokens of every call of TRL's generation backend, the
+    rollouts, dynamic sampling's extra batches and GEC's reflection continuations alike (injected text is not
+    generated and not counted)."""
+
+    generated_tokens = 0
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+        self.generated_tokens += sum(len(ids) for ids in completion_ids)
+        return completion_ids, logprobs
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         old_logps = inputs.get("old_per_token_logps")
@@ -178,23 +242,66 @@ def start_collapse(model_dir: Path, seed: int, group_size: int = 8) -> dict[str,
     return shares
 
 
-def warm_up(out: Path, seed: int, cli: argparse.Namespace) -> Path:
-    path = out / "warmups" / f"seed-{seed}"
-    info_path = out / "warmups" / f"seed-{seed}.json"
-    if not (path / "config.json").exists():
-        begin = time.perf_counter()
-        info = embedded.mixed_warm_up(
-            path,
-            seed,
-            target=cli.warmup_target,
-            min_steps=cli.warmup_min_steps,
-            check_every=cli.warmup_check_every,
-            log=lambda m: print(m, flush=True),
-        )
-        info["seconds"] = time.perf_counter() - begin
-        info.update(start_collapse(path, seed))
-        info_path.write_text(json.dumps(info))
+def warm_up(warmups: Path, seed: int, cli: argparse.Namespace) -> Path:
+    """The seed's warm-up, trained once and shared by every method (and by grids that name the same folder).
+    Deterministic: the same seed and flags give the same model (the first grid's and round 2's agree)."""
+    path = warmups / f"seed-{seed}"
+    info_path = warmups / f"seed-{seed}.json"
+    warmups.mkdir(parents=True, exist_ok=True)
+    lock = warmups / f"seed-{seed}.lock"
+    while not take_job(lock):  # another process is training this warm-up: wait for it
+        time.sleep(5)
+    try:
+        if not (info_path.exists() and (path / "config.json").exists()):
+            train_warm_up(path, info_path, seed, cli)
+    finally:
+        lock.unlink(missing_ok=True)
     return path
+
+
+def train_warm_up(path: Path, info_path: Path, seed: int, cli: argparse.Namespace) -> None:
+    begin = time.perf_counter()
+    info = embedded.mixed_warm_up(
+        path,
+        seed,
+        target=cli.warmup_target,
+        min_steps=cli.warmup_min_steps,
+        check_every=cli.warmup_check_every,
+        log=lambda m: print(m, flush=True),
+    )
+    info["seconds"] = time.perf_counter() - begin
+    info.update(start_collapse(path, seed))
+    info_path.write_text(json.dumps(info))  # last: it marks the warm-up complete
+
+
+def take_job(lock: Path) -> bool:
+    """Takes a job's lock (O_EXCL): False when a live process holds it. A lock whose process is gone (a killed
+    grid) is taken over, so a grid stays resumable."""
+    for _ in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            except PermissionError:  # alive, another user's
+                return False
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    return False
+
+
+def save_session(grid_path: Path, session: dict[str, Any]) -> None:
+    """Writes this process's session into grid.json, re-reading it first: other processes may share the grid."""
+    grid = json.loads(grid_path.read_text()) if grid_path.exists() else {"sessions": []}
+    grid["sessions"] = [s for s in grid["sessions"] if s.get("id") != session["id"]] + [session]
+    temporary = grid_path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(grid, indent=1))
+    temporary.replace(grid_path)
 
 
 def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dict[str, Any]:
@@ -213,6 +320,7 @@ def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dic
         train_dataset=embedded.mixed_addition_dataset(prompts_needed, seed=seed, hard_share=cli.train_hard_share),
         callbacks=[held_out],
     )  # fmt: skip
+    held_out.trainer = trainer
     begin = time.perf_counter()
     quiet(trainer).train()
     wall = time.perf_counter() - begin
@@ -223,7 +331,8 @@ def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dic
     ]
     return {
         "method": method, "seed": seed, "wall_s": wall, "train_s": wall - held_out.eval_seconds,
-        "learning_rate": cli.learning_rate, "evals": held_out.points, "logs": logs,
+        "learning_rate": cli.learning_rate, "gen_tokens": trainer.generated_tokens, "evals": held_out.points,
+        "logs": logs,
     }  # fmt: skip
 
 
@@ -299,23 +408,53 @@ def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
 
 
 def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, Any]:
-    """Per-method values of every run, at equal steps (the last evaluation) and at equal training time (the
-    shortest run's training time, linear between evaluations), plus the start."""
-    common_time = min(r["evals"][-1]["train_s"] for rs in runs.values() for r in rs)
-    common_pass1 = min(max(p["all/box/pass@1"] for p in r["evals"]) for rs in runs.values() for r in rs)
-    table: dict[str, Any] = {"common_train_s": common_time, "common_all_box_pass1": common_pass1, "methods": {}}
+    """Per-method values of every run, at equal steps (the last evaluation), at equal training time (the shortest
+    run's training time, linear between evaluations) and at equal generated tokens (the fewest tokens any run
+    generated, likewise), plus the start and the peak."""
+    every_run = [r for rs in runs.values() for r in rs]
+    common_time = min(r["evals"][-1]["train_s"] for r in every_run)
+    common_pass1 = min(max(p["all/box/pass@1"] for p in r["evals"]) for r in every_run)
+    # Runs of the first grid (issue 13) have no token counts: no equal-token comparison for them.
+    counted = all("gen_tokens" in p for r in every_run for p in r["evals"])
+    common_tokens = min(r["evals"][-1]["gen_tokens"] for r in every_run) if counted else None
+    table: dict[str, Any] = {
+        "common_train_s": common_time, "common_all_box_pass1": common_pass1, "common_gen_tokens": common_tokens,
+        "methods": {},
+    }  # fmt: skip
     for method in methods:
         per_run = []
         for r in sorted(runs[method], key=lambda r: r["seed"]):
             times = [p["train_s"] for p in r["evals"]]
-            values = {"seed": r["seed"], "train_s": r["train_s"], "wall_s": r["wall_s"]}
+            tokens = [p["gen_tokens"] for p in r["evals"]] if counted else []
+            values = {
+                "seed": r["seed"],
+                "train_s": r["train_s"],
+                "wall_s": r["wall_s"],
+                "gen_tokens": r.get("gen_tokens"),
+            }
             for key in EVAL_COLUMNS:
-                values[f"start {key}"] = r["evals"][0][key]
-                values[f"final {key}"] = r["evals"][-1][key]
-                values[f"equal-time {key}"] = interpolate(times, [p[key] for p in r["evals"]], common_time)
+                series = [p[key] for p in r["evals"]]
+                values[f"start {key}"] = series[0]
+                values[f"final {key}"] = series[-1]
+                values[f"peak {key}"] = max(series)
+                values[f"equal-time {key}"] = interpolate(times, series, common_time)
+                values[f"equal-tokens {key}"] = interpolate(tokens, series, common_tokens) if counted else None
             values["all/box/pass@16 at equal pass@1"] = at_level(r, "all/box/pass@1", common_pass1, "all/box/pass@16")
+            values["pass@16 curve"] = [
+                {"step": p["step"], **{f"all/{g}/pass@16": p[f"all/{g}/pass@16"] for g in GRADERS}} for p in r["evals"]
+            ]
             values["entropy start"] = log_mean(r, "entropy", 0.0, 0.05)
             values["entropy final"] = log_mean(r, "entropy", 0.9, 1.0)
+            values["entropy final / start"] = values["entropy final"] / values["entropy start"]
+            # The first evaluation after the start: when pass@16 falls, does it fall with the entropy or before it?
+            early = r["evals"][1] if len(r["evals"]) > 1 else r["evals"][0]
+            values["early step"] = early["step"]
+            values["early all/box/pass@16"] = early["all/box/pass@16"]
+            before = [e["entropy"] for e in r["logs"] if "entropy" in e and e["step"] <= early["step"]]
+            window = before[-max(1, len(r["logs"]) // 20) :]  # the last 5% of the run's steps before it
+            values["entropy early / start"] = statistics.fmean(window) / values["entropy start"] if window else None
+            values["generation batches per rollout"] = log_mean(r, "dynamic_sampling/gen_batches", 0.0, 1.0)
+            values["kept group share"] = log_mean(r, "dynamic_sampling/kept_group_share", 0.0, 1.0)
             values["collapsed share start"] = log_mean(r, "edge/collapsed_group_share", 0.0, 0.05)
             values["collapsed share final"] = log_mean(r, "edge/collapsed_group_share", 0.9, 1.0)
             values["collapsed share before GEC start"] = log_mean(r, "gec/collapsed_group_share_before", 0.0, 0.05)
@@ -396,17 +535,31 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
             "verdict": "held" if stalls else ("not held" if d1[1] > 0 else "not significant"),
             "evidence": f"pass@1 change {fmt(d1)} points, pass@16 change {fmt(d16)} points",
         })  # fmt: skip
-    for method in ("gec", "edge"):
-        if method not in methods:
-            continue
-        for grader in GRADERS:
-            for when in ("final", "equal-time"):
-                key = f"{when} hard/{grader}/pass@1"
-                ci = paired_difference(table, method, key)
-                label = "per step (equal steps)" if when == "final" else "per second (equal training time)"
-                add(f"{method} learns the hard part faster than GRPO, {label}, {grader}", ci,
-                    f"hard pass@1 {method} - grpo {fmt(ci)} points")  # fmt: skip
-    for method in ("clip-cov", "kl-cov"):
+    if any(m in methods for m in COV_METHODS):
+        rows.extend(entropy_collapse_claims(table, vanilla))
+    budgets = [("final", "equal steps"), ("equal-tokens", "equal generated tokens"), ("equal-time", "equal time")]
+    if table.get("common_gen_tokens") is None:
+        budgets = [b for b in budgets if b[0] != "equal-tokens"]
+    for method in [m for m in ADVANTAGE_FIXES if m in methods]:
+        for k in (1, 16):
+            for when, label in budgets:
+                ci = paired_difference(table, method, f"{when} hard/box/pass@{k}")
+                add(f"{method} has higher hard pass@{k} than GRPO at {label} (box)", ci,
+                    f"hard pass@{k} {method} - grpo {fmt(ci)} points")  # fmt: skip
+        ci = paired_difference(table, method, "final hard/strict/pass@1")
+        add(f"{method} has higher hard pass@1 than GRPO at equal steps (strict)", ci,
+            f"hard pass@1 strict {method} - grpo {fmt(ci)} points")  # fmt: skip
+    # The two readings the split methods test, each against its own baseline.
+    for method, baseline, reading in (
+        ("gec-masked", "gec", "masking GEC's injected tokens helps the hard part"),
+        ("edge", "gec", "EDA helps on top of GEC"),
+    ):
+        if method in methods and baseline in methods:
+            for k in (1, 16):
+                ci = paired_difference(table, method, f"final hard/box/pass@{k}", baseline=baseline)
+                add(f"{reading}: {method} has higher hard pass@{k} than {baseline} (equal steps, box)", ci,
+                    f"hard pass@{k} {method} - {baseline} {fmt(ci)} points")  # fmt: skip
+    for method in COV_METHODS:
         if method not in methods:
             continue
         ci = paired_difference(table, method, "entropy final")
@@ -429,6 +582,54 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
     return rows
 
 
+def entropy_collapse_claims(table: dict, vanilla: list[dict]) -> list[dict[str, str]]:
+    """Did the setting produce the collapse the Cov methods are meant to prevent (issue 19's calibration target)?"""
+    rows = []
+    ratio = bootstrap_ci([v["entropy final / start"] for v in vanilla])
+    rows.append({
+        "claim": "baseline: GRPO's entropy falls by at least half",
+        "verdict": "held" if ratio[2] <= 0.5 else ("not held" if ratio[1] > 0.5 else "not significant"),
+        "evidence": f"entropy final / start {ratio[0]:.2f} [{ratio[1]:.2f}, {ratio[2]:.2f}]",
+    })  # fmt: skip
+    for grader in GRADERS:
+        key = f"all/{grader}/pass@16"
+        # The peak step is chosen on the mean over seeds, then every seed is read at that step: a per-seed maximum
+        # would be biased up by the evaluation's noise and could not fail to exceed the final value.
+        curves = [v["pass@16 curve"] for v in vanilla]
+        steps = [p["step"] for p in curves[0]]
+        mean_curve = [statistics.fmean(p[key] for p in points) for points in zip(*curves, strict=True)]
+        peak = max(range(len(mean_curve)), key=mean_curve.__getitem__)
+        drop = bootstrap_ci([curve[peak][key] - curve[-1][key] for curve in curves])
+        from_start = bootstrap_ci([v[f"start {key}"] - v[f"final {key}"] for v in vanilla])
+        rows.append({
+            "claim": f"baseline ({grader}): GRPO's pass@16 falls from its peak",
+            "verdict": verdict(drop),
+            "evidence": f"peak of the mean curve at step {steps[peak]}; peak - final {fmt(drop)} points; start - "
+            f"final {fmt(from_start)} points",
+        })  # fmt: skip
+    # The mechanism's order: exploration should shrink as entropy does. The share of each fall already reached at
+    # the first evaluation after the start says whether pass@16 fell with the entropy or before it.
+    shares = [
+        (
+            (v["start all/box/pass@16"] - v["early all/box/pass@16"]) / (v["start all/box/pass@16"] - v["final all/box/pass@16"]),
+            (1 - v["entropy early / start"]) / (1 - v["entropy final / start"]),
+        )
+        for v in vanilla
+        if v["start all/box/pass@16"] > v["final all/box/pass@16"] and v["entropy final / start"] < 1
+        and v.get("entropy early / start") is not None
+    ]  # fmt: skip
+    if len(shares) >= MIN_SEEDS:
+        ci = bootstrap_ci([a - b for a, b in shares])
+        rows.append({
+            "claim": f"baseline: GRPO's pass@16 falls with its entropy, not before it (step {vanilla[0]['early step']})",
+            "verdict": verdict(ci, "lower"),
+            "evidence": f"share of the pass@16 fall (start - final) reached by step {vanilla[0]['early step']}: "
+            f"{100 * statistics.fmean(a for a, _ in shares):.0f}%; share of the entropy fall: "
+            f"{100 * statistics.fmean(b for _, b in shares):.0f}%; difference {fmt(ci)} points",
+        })  # fmt: skip
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------------- outputs
 
 
@@ -444,8 +645,12 @@ def plot(runs: dict[str, list[dict]], methods: list[str], path: Path) -> None:
         ("all pass@16 (box)", "all/box/pass@16", "step"), ("all pass@1 (box)", "all/box/pass@1", "step"),
         ("pass@16 vs pass@1 (all, box)", "all/box/pass@16", "all/box/pass@1"),
         ("entropy (logged, per step)", "entropy", "log"), ("collapsed-group share", "edge/collapsed_group_share", "log"),
+        ("hard pass@16 (box)", "hard/box/pass@16", "step"),
+        ("hard pass@1 (box) vs generated tokens", "hard/box/pass@1", "gen_tokens"),
+        ("hard pass@16 (box) vs generated tokens", "hard/box/pass@16", "gen_tokens"),
+        ("all pass@16 (box) vs training seconds", "all/box/pass@16", "train_s"),
     ]  # fmt: skip
-    figure, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    figure, axes = plt.subplots(3, 4, figsize=(20, 12.5))
     for axis, (title, key, x) in zip(axes.flat, panels, strict=True):
         for index, method in enumerate(methods):
             color = f"C{index}"
@@ -458,15 +663,22 @@ def plot(runs: dict[str, list[dict]], methods: list[str], path: Path) -> None:
                         statistics.fmean(p[1] for p in points[i - width + 1 : i + 1])
                         for i in range(width - 1, len(points))
                     ]
-                else:
+                elif all(x in p for p in r["evals"]):
                     xs = [p[x] for p in r["evals"]]
                     ys = [p[key] for p in r["evals"]]
-                axis.plot(xs, ys, color=color, alpha=0.8, linewidth=1.0, label=method if r is runs[method][0] else None)
+                else:  # the first grid's runs have no token counts
+                    continue
+                axis.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
+            curves = [[p[key] for p in r["evals"]] for r in runs[method]] if x == "step" else []
+            if curves and len({len(c) for c in curves}) == 1:  # the mean over seeds, thick
+                steps = [p["step"] for p in runs[method][0]["evals"]]
+                axis.plot(steps, [statistics.fmean(v) for v in zip(*curves, strict=True)], color=color, linewidth=2.2)
+            axis.plot([], [], color=color, linewidth=2.2, label=method)
         axis.set_title(title)
         axis.set_xlabel({"log": "step"}.get(x, x))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    figure.suptitle("one line per seed")
+    figure.suptitle("thin: one line per seed; thick: the mean over seeds (panels against steps)")
     figure.tight_layout()
     figure.savefig(path, dpi=72)
     plt.close(figure)
@@ -506,10 +718,66 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
             summarise(rows, f"cov {k}") for k in ("cov_mean", "corr_cov_dH", "predicted_total_dH", "measured_total_dH")
         ]
         lines.append(f"| {method} | " + " | ".join(fmt(p, False) for p in parts) + " |")
+    if any(m in methods for m in ADVANTAGE_FIXES):
+        lines += ["", *budget_table(table, methods)]
+    if any(m in methods for m in COV_METHODS):
+        lines += ["", *entropy_table(table, methods)]
     return "\n".join(lines) + "\n"
 
 
-def analyse(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
+def percent_cell(rows: list[dict], key: str) -> str:
+    ci = summarise(rows, key)
+    return "n/a" if ci is None else f"{100 * ci[0]:.1f} [{100 * ci[1]:.1f}, {100 * ci[2]:.1f}]"
+
+
+def budget_table(table: dict, methods: list[str]) -> list[str]:
+    """The hard part at the three budgets: equal steps, equal generated tokens, equal training time."""
+    tokens = table.get("common_gen_tokens")
+    grpo_tokens = statistics.fmean(v["gen_tokens"] or 0 for v in table["methods"]["grpo"])
+    lines = [
+        f"Hard part, box grader, percent (mean [95% bootstrap interval]). Equal tokens: {tokens or 0:,.0f} generated "
+        f"tokens (the fewest of any run); equal time: {table['common_train_s']:.0f} training seconds.",
+        "",
+        "| method | generated tokens (x GRPO) | generation batches per rollout | hard pass@1, equal steps "
+        "| hard pass@16, equal steps | hard pass@1, equal tokens | hard pass@16, equal tokens | hard pass@1, equal time "
+        "| hard pass@16, equal time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        rows = table["methods"][method]
+        ratio = statistics.fmean(v["gen_tokens"] or 0 for v in rows) / grpo_tokens if grpo_tokens else float("nan")
+        batches = summarise(rows, "generation batches per rollout")
+        cells = [percent_cell(rows, f"{when} hard/box/pass@{k}") for when in ("final", "equal-tokens", "equal-time")
+                 for k in (1, 16)]  # fmt: skip
+        lines.append(f"| {method} | {ratio:.2f} | {batches[0] if batches else 1:.2f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def entropy_table(table: dict, methods: list[str]) -> list[str]:
+    """Entropy and exploration at the end of long runs: the collapse and what the Cov methods keep."""
+    early = table["methods"]["grpo"][0]["early step"]
+    lines = [
+        f"Entropy (ratio to the first 5% of steps) and pass@k (percent, box grader unless said); step {early} is the "
+        f"first evaluation after the start; pass@16 at equal pass@1 reads each run where its all pass@1 first reaches "
+        f"{table['common_all_box_pass1']:.1%} (the lowest best pass@1 of any run).",
+        "",
+        f"| method | entropy at step {early} / start | entropy final / start | all pass@16: start | step {early} | final "
+        "| all pass@16 strict: final | easy pass@16: final | hard pass@16: final | all pass@1: final "
+        "| all pass@16 at equal pass@1 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        rows = table["methods"][method]
+        ratios = [summarise(rows, k) for k in ("entropy early / start", "entropy final / start")]
+        cells = [f"{r[0]:.2f} [{r[1]:.2f}, {r[2]:.2f}]" if r else "n/a" for r in ratios]
+        cells += [percent_cell(rows, k) for k in ("start all/box/pass@16", "early all/box/pass@16",
+                  "final all/box/pass@16", "final all/strict/pass@16", "final easy/box/pass@16",
+                  "final hard/box/pass@16", "final all/box/pass@1", "all/box/pass@16 at equal pass@1")]  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def analyse(out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | None = None) -> dict[str, Any]:
     runs = {m: [] for m in methods}
     for path in sorted((out / "runs").glob("*.json")):
         r = json.loads(path.read_text())
@@ -518,10 +786,11 @@ def analyse(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
     methods = [m for m in methods if runs[m]]
     table = metric_table(runs, methods)
     warmups = []
-    for path in sorted((out / "warmups").glob("seed-*.json")):
+    warmup_dir = warmup_dir or out / "warmups"
+    for path in sorted(warmup_dir.glob("seed-*.json")):
         info = json.loads(path.read_text())
-        if "hard all-wrong share" not in info and (out / "warmups" / path.stem / "config.json").exists():
-            info.update(start_collapse(out / "warmups" / path.stem, info["seed"]))  # a grid from before this measure
+        if "hard all-wrong share" not in info and (warmup_dir / path.stem / "config.json").exists():
+            info.update(start_collapse(warmup_dir / path.stem, info["seed"]))  # a grid from before this measure
             path.write_text(json.dumps(info))
         if info["seed"] in seeds:
             warmups.append(info)
@@ -534,9 +803,16 @@ def analyse(out: Path, methods: list[str], seeds: list[int]) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags, with ``--grid``'s preset as their defaults."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument(
+        "--grid",
+        choices=list(GRIDS),
+        default="first",
+        help="a preset of the flags below (see the module's docstring); explicit flags override it",
+    )
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, default=32, help="completions per optimizer mini-batch")
@@ -552,35 +828,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup-check-every", type=int, default=50)
     parser.add_argument("--smoke", action="store_true", help="2 methods x 2 seeds x 4 steps, tiny evaluations")
     parser.add_argument("--analyse-only", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/evidence"))
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--warmup-dir", type=Path, help="where the warm-ups live (default: <out>/warmups)")
+    grid_name = parser.parse_known_args(argv)[0].grid
+    parser.set_defaults(**GRIDS[grid_name])
     cli = parser.parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    if cli.warmup_dir is None or ("--out" in given and "--warmup-dir" not in given):
+        cli.warmup_dir = cli.out / "warmups"  # a grid of one's own keeps its warm-ups beside it
     if cli.smoke:
+        if "--methods" not in given:
+            cli.methods = list(METHODS)  # every method, whatever the grid
         cli.steps, cli.eval_every, cli.eval_problems, cli.batch_size, cli.steps_per_generation = 4, 2, 4, 16, 2
         cli.warmup_target, cli.warmup_min_steps, cli.warmup_check_every = 0.0, 1, 1
     if "grpo" not in cli.methods:
         cli.methods = ["grpo", *cli.methods]  # the baseline of every claim
+    return cli
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cli = parse_args(argv)
     (cli.out / "runs").mkdir(parents=True, exist_ok=True)
     if not cli.analyse_only:
         grid_path = cli.out / "grid.json"
-        grid = json.loads(grid_path.read_text()) if grid_path.exists() else {"sessions": []}
         session = {
+            "id": f"{time.time():.0f}-{os.getpid()}",
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "load": [],
+            "runs": [],
             "args": {k: str(v) for k, v in vars(cli).items()},
         }
-        grid["sessions"].append(session)
         begin = time.perf_counter()
         jobs = [(s, m) for i, s in enumerate(cli.seeds) for m in cli.methods[i % len(cli.methods) :] + cli.methods[: i % len(cli.methods)]]  # fmt: skip
         for done, (seed, method) in enumerate(jobs, start=1):
             path = cli.out / "runs" / f"{method}-{seed}.json"
-            if path.exists():
+            lock = path.with_suffix(".lock")
+            if path.exists() or not take_job(lock):
                 continue
-            model_dir = warm_up(cli.out, seed, cli)
-            result = run(method, seed, model_dir, cli)
-            path.write_text(json.dumps(result))
+            try:
+                if path.exists():  # finished by another process between the check and the lock
+                    continue
+                model_dir = warm_up(cli.warmup_dir, seed, cli)
+                result = run(method, seed, model_dir, cli)
+                path.write_text(json.dumps(result))
+            finally:
+                lock.unlink(missing_ok=True)
             session["load"].append(os.getloadavg()[0])
+            session["runs"].append(path.stem)
             session["seconds"] = time.perf_counter() - begin
-            grid_path.write_text(json.dumps(grid, indent=1))
+            save_session(grid_path, session)
             last = result["evals"][-1]
             print(
                 f"[{done:>2}/{len(jobs)}] {time.perf_counter() - begin:7.0f}s  seed {seed} {method:<9} "
@@ -588,7 +884,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    return analyse(cli.out, cli.methods, cli.seeds)
+    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir)
 
 
 if __name__ == "__main__":

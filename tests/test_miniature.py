@@ -46,12 +46,18 @@ EVIDENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "evidence.py"
 
 
 @pytest.mark.slow
-def test_evidence_smoke_produces_every_column(tmp_path):
-    """The evidence grid at smoke scale (every method, 2 seeds, 4 steps): every column, table row, claim and plot is
-    produced (the pipeline, not the science)."""
+def load_evidence():
     spec = importlib.util.spec_from_file_location("evidence", EVIDENCE)
     evidence = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(evidence)
+    return evidence
+
+
+@pytest.mark.slow
+def test_evidence_smoke_produces_every_column(tmp_path):
+    """The evidence grid at smoke scale (every method of both rounds, 2 seeds, 4 steps): every column, table row,
+    claim and plot is produced (the pipeline, not the science)."""
+    evidence = load_evidence()
     out = tmp_path / "evidence"
     summary = evidence.main(["--smoke", "--seeds", "0", "1", "--out", str(out)])
 
@@ -60,8 +66,10 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     for r in runs:
         assert [p["step"] for p in r["evals"]] == [0, 2, 4]
         for point in r["evals"]:
-            assert set(evidence.EVAL_COLUMNS) <= set(point) and {"train_s", "load1"} <= set(point)
+            assert set(evidence.EVAL_COLUMNS) <= set(point) and {"train_s", "load1", "gen_tokens"} <= set(point)
             assert all(0.0 <= point[c] <= 1.0 for c in evidence.EVAL_COLUMNS)
+        tokens = [p["gen_tokens"] for p in r["evals"]]
+        assert tokens[0] == 0 and tokens[0] < tokens[1] < tokens[2] == r["gen_tokens"], (r["method"], tokens)
         logged = {k for e in r["logs"] for k in e}
         assert {"entropy", "reward", "edge/collapsed_group_share", "diag/cov"} <= logged, r["method"]
         expected = {
@@ -69,8 +77,20 @@ def test_evidence_smoke_produces_every_column(tmp_path):
             "edge": {"gec/corrected_share"},
             "clip-cov": {"edge/clip_cov_selected_share"},
             "kl-cov": {"edge/kl_cov_selected_share", "edge/kl_cov_penalty"},
+            "dynamic-sampling": {"dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share"},
+            "gec-masked": {"gec/corrected_share", "gec/reflect_count"},
         }.get(r["method"], set())
         assert expected <= logged, r["method"]
+    # Generated tokens count every generation call: 2 rollouts of 2 x 16 completions of at most 14 tokens for GRPO; GEC's
+    # reflections and dynamic sampling's extra batches (the untrained warm-up leaves most groups collapsed) add more.
+    by_run = {(r["method"], r["seed"]): r["gen_tokens"] for r in runs}
+    for seed in (0, 1):
+        assert 2 * 32 <= by_run["grpo", seed] <= 2 * 32 * evidence.MAX_COMPLETION
+        assert by_run["eda", seed] == by_run["grpo", seed]  # EDA changes advantages, not what is generated first
+        assert by_run["gec", seed] > by_run["grpo", seed] and by_run["gec-masked", seed] > by_run["grpo", seed]
+        batches = [e["dynamic_sampling/gen_batches"] for e in next(
+            r for r in runs if r["method"] == "dynamic-sampling" and r["seed"] == seed)["logs"] if "dynamic_sampling/gen_batches" in e]  # fmt: skip
+        assert by_run["dynamic-sampling", seed] > by_run["grpo", seed] * (sum(batches) / len(batches)) * 0.5
     # The warm-up of each seed is saved once and shared by the methods; a second call resumes without rerunning.
     assert sorted(p.name for p in (out / "warmups").glob("seed-*.json")) == ["seed-0.json", "seed-1.json"]
 
@@ -85,11 +105,57 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     # Method-vs-GRPO comparisons need 3 paired seeds: with 2, no verdict rather than a meaningless interval.
     assert all(v == "not measured (< 3 seeds)" for claim, v in verdicts.items() if "than GRPO" in claim), verdicts
     names = " ".join(c["claim"] for c in summary["claims"])
-    for method in ("gec", "edge", "clip-cov", "kl-cov"):
-        assert method in names
+    for method in set(evidence.METHODS) - {"grpo"}:  # each has its claims against GRPO
+        assert method in names, method
+    for budget in ("equal steps", "equal generated tokens", "equal time"):
+        assert f"dynamic-sampling has higher hard pass@16 than GRPO at {budget}" in names
+    assert "GRPO's entropy falls by at least half" in names and "GRPO's pass@16 falls from its peak" in names
+    assert "gec-masked has higher hard pass@1 than gec" in names
+    table = summary["table"]
+    assert table["common_gen_tokens"] == min(r["gen_tokens"] for r in runs)
+    grpo_0 = next(v for v in table["methods"]["grpo"] if v["seed"] == 0)
+    assert grpo_0["equal-tokens hard/box/pass@1"] is not None
     markdown = (out / "table.md").read_text()
     assert all(f"| {m} |" in markdown for m in evidence.METHODS) and "corr(Cov_t, dH_t)" in markdown
+    assert "hard pass@16, equal tokens" in markdown and "entropy final / start" in markdown
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((out / "runs").glob("*.lock")) and not list((out / "warmups").glob("*.lock"))
+
+
+def test_evidence_grid_presets_and_job_locks(tmp_path):
+    """--grid sets round 2's flags and explicit flags win; a job lock keeps a second process off a running job and
+    is taken over when its process is gone, so a killed grid resumes."""
+    import subprocess
+    import sys
+
+    evidence = load_evidence()
+    assert evidence.GRIDS["entropy"]["methods"] == ["grpo", "clip-cov", "kl-cov"]
+    assert set(evidence.GRIDS["advantage"]["methods"]) == {"grpo", "dynamic-sampling", "gec", "gec-masked", "eda",
+                                                          "edge"}  # fmt: skip
+    assert evidence.METHODS["gec-masked"]["gec_mask_injected"] is True and evidence.METHODS["eda"] == {"eda": True}
+    entropy = evidence.parse_args(["--grid", "entropy", "--seeds", "0"])
+    assert (entropy.steps, entropy.learning_rate, entropy.train_hard_share) == (3000, 2e-4, 0.0)
+    assert entropy.methods == ["grpo", "clip-cov", "kl-cov"] and entropy.seeds == [0]
+    assert entropy.warmup_dir == evidence.GRIDS["advantage"]["warmup_dir"]  # both parts share the warm-ups
+    overridden = evidence.parse_args(["--grid", "entropy", "--steps", "10", "--out", str(tmp_path / "x")])
+    assert overridden.steps == 10 and overridden.warmup_dir == tmp_path / "x" / "warmups"
+    first = evidence.parse_args([])
+    assert (first.steps, first.train_hard_share, first.methods) == (200, 0.5, evidence.FIRST_GRID_METHODS)
+
+    lock = tmp_path / "grpo-0.lock"
+    assert evidence.take_job(lock) and lock.read_text() == str(__import__("os").getpid())
+    assert not evidence.take_job(lock)  # held by a live process (this one)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(gone.stdout.strip())  # a process that has exited: a killed grid's lock
+    assert evidence.take_job(lock)
+
+    grid = tmp_path / "grid.json"
+    first, second = {"id": "a", "runs": ["grpo-0"]}, {"id": "b", "runs": []}
+    evidence.save_session(grid, first)
+    evidence.save_session(grid, second)
+    first["runs"].append("eda-0")
+    evidence.save_session(grid, first)  # another process's session survives this one's updates
+    assert json.loads(grid.read_text())["sessions"] == [second, first]
 
 
 def test_pass_at_k_and_bootstrap():
