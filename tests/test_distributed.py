@@ -131,7 +131,9 @@ def test_zero3_without_16bit_save_is_not_called_saved_and_says_how_to_recover(tm
     assert "model.safetensors" in result.stderr and "zero3_save_16bit_model: true" in result.stderr
     assert (out / "checkpoint-1" / "trainer_state.json").is_file()
     command = result.stderr.split("rebuild the weights with `", 1)[1].split("`", 1)[0]
-    recovered = subprocess.run(command.split(), capture_output=True, text=True, timeout=300)
+    interpreter, *arguments = command.split()
+    assert interpreter == "python", command  # the user's environment's Python: here, the one running the tests
+    recovered = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, timeout=300)
     assert recovered.returncode == 0, recovered.stderr[-3000:]
     AutoModelForCausalLM.from_pretrained(out)  # loads now
 
