@@ -44,7 +44,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py                 # the first grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
-    python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, 2 methods x 2 seeds, about 1 min
+    python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ import math
 import os
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -410,7 +409,7 @@ def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
 def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, Any]:
     """Per-method values of every run, at equal steps (the last evaluation), at equal training time (the shortest
     run's training time, linear between evaluations) and at equal generated tokens (the fewest tokens any run
-    generated, likewise), plus the start and the peak."""
+    generated, likewise), plus the start."""
     every_run = [r for rs in runs.values() for r in rs]
     common_time = min(r["evals"][-1]["train_s"] for r in every_run)
     common_pass1 = min(max(p["all/box/pass@1"] for p in r["evals"]) for r in every_run)
@@ -436,7 +435,6 @@ def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, A
                 series = [p[key] for p in r["evals"]]
                 values[f"start {key}"] = series[0]
                 values[f"final {key}"] = series[-1]
-                values[f"peak {key}"] = max(series)
                 values[f"equal-time {key}"] = interpolate(times, series, common_time)
                 values[f"equal-tokens {key}"] = interpolate(tokens, series, common_tokens) if counted else None
             values["all/box/pass@16 at equal pass@1"] = at_level(r, "all/box/pass@1", common_pass1, "all/box/pass@16")
@@ -803,41 +801,47 @@ def analyse(out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | 
     return summary
 
 
+# The flags' values when neither the grid's preset nor the command line sets them.
+DEFAULTS: dict[str, Any] = {
+    "grid": "first", "seeds": [0, 1, 2, 3, 4], "steps": 200, "batch_size": 32, "steps_per_generation": 4,
+    "learning_rate": 1e-4, "eval_every": 50, "train_hard_share": 0.5, "eval_problems": 64, "warmup_target": 0.03,
+    "warmup_min_steps": 150, "warmup_check_every": 50, "smoke": False, "analyse_only": False, "warmup_dir": None,
+}  # fmt: skip
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The flags, with ``--grid``'s preset as their defaults."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--grid",
-        choices=list(GRIDS),
-        default="first",
-        help="a preset of the flags below (see the module's docstring); explicit flags override it",
+    """The flags: those given, else ``--grid``'s preset, else ``DEFAULTS``."""
+    # Without defaults, the parsed namespace holds only the flags given, so a preset never overrides one.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS
     )
+    parser.add_argument("--grid", choices=list(GRIDS),
+                        help="a preset of the flags below (see the module's docstring; default first); explicit "
+                        "flags override it")  # fmt: skip
     parser.add_argument("--methods", nargs="*", choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per run")
-    parser.add_argument("--batch-size", type=int, default=32, help="completions per optimizer mini-batch")
-    parser.add_argument("--steps-per-generation", type=int, default=4, help="optimizer mini-batches per rollout")
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
-    parser.add_argument("--eval-every", type=int, default=50)
-    parser.add_argument("--train-hard-share", type=float, default=0.5,
+    parser.add_argument("--seeds", nargs="*", type=int)
+    parser.add_argument("--steps", type=int, help="optimizer steps per run")
+    parser.add_argument("--batch-size", type=int, help="completions per optimizer mini-batch")
+    parser.add_argument("--steps-per-generation", type=int, help="optimizer mini-batches per rollout")
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--train-hard-share", type=float,
                         help="share of hard problems in the training prompts (0: the easy part only, a narrower "
                         "task); the warm-up and the held-out evaluation keep the 50/50 mix")  # fmt: skip
-    parser.add_argument("--eval-problems", type=int, default=64, help="held-out problems per difficulty")
-    parser.add_argument("--warmup-target", type=float, default=0.03, help="hard-part sampled accuracy to stop at")
-    parser.add_argument("--warmup-min-steps", type=int, default=150)
-    parser.add_argument("--warmup-check-every", type=int, default=50)
-    parser.add_argument("--smoke", action="store_true", help="2 methods x 2 seeds x 4 steps, tiny evaluations")
+    parser.add_argument("--eval-problems", type=int, help="held-out problems per difficulty")
+    parser.add_argument("--warmup-target", type=float, help="hard-part sampled accuracy to stop at")
+    parser.add_argument("--warmup-min-steps", type=int)
+    parser.add_argument("--warmup-check-every", type=int)
+    parser.add_argument("--smoke", action="store_true", help="every method x 2 seeds x 4 steps, tiny evaluations")
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--warmup-dir", type=Path, help="where the warm-ups live (default: <out>/warmups)")
-    grid_name = parser.parse_known_args(argv)[0].grid
-    parser.set_defaults(**GRIDS[grid_name])
-    cli = parser.parse_args(argv)
-    given = sys.argv[1:] if argv is None else argv
-    if cli.warmup_dir is None or ("--out" in given and "--warmup-dir" not in given):
+    given = vars(parser.parse_args(argv))
+    cli = argparse.Namespace(**{**DEFAULTS, **GRIDS[given.get("grid", DEFAULTS["grid"])], **given})
+    if cli.warmup_dir is None or ("out" in given and "warmup_dir" not in given):
         cli.warmup_dir = cli.out / "warmups"  # a grid of one's own keeps its warm-ups beside it
     if cli.smoke:
-        if "--methods" not in given:
+        if "methods" not in given:
             cli.methods = list(METHODS)  # every method, whatever the grid
         cli.steps, cli.eval_every, cli.eval_problems, cli.batch_size, cli.steps_per_generation = 4, 2, 4, 16, 2
         cli.warmup_target, cli.warmup_min_steps, cli.warmup_check_every = 0.0, 1, 1
