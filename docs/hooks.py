@@ -1,15 +1,21 @@
 """MkDocs hooks: the pages generated at build time (mkdocs.yml `hooks:`).
 
-- `cli-reference.md`: the flag reference of `edge-trl train`, from the schema the command itself is built from
-  (`edge_trl.cli.train_command.flag_reference`), so it cannot drift from the CLI.
-- `benchmarks/index.md`: benchmarks/README.md as it is, the one home of the benchmark results, with the files it shows
-  or links to under benchmarks/ (plots, raw results): its relative links stay valid, since the page sits where the
-  README does relative to `results/`. A section appended to benchmarks/README.md needs no edit here.
+- `cli-reference.md`: the flag reference of `edge-trl train`, from the schema the command itself is built from, with
+  the defaults the command resolves (`edge_trl.cli.flag_reference`), so it cannot drift from the CLI.
+- `benchmarks/index.md`: benchmarks/README.md, the one home of the benchmark results, with the files it shows or links
+  to under benchmarks/ (plots, raw results): its relative links stay valid, since the page sits where the README does
+  relative to `results/`. A section appended to benchmarks/README.md needs no edit here. On the site each plot links
+  to its full-size file (click to zoom), and a list written right under a line of text (GitHub renders it, Python
+  Markdown needs a blank line) is given its blank line.
+- `api.md`: the `<!-- edge-grpo-config-fields -->` marker becomes the table of `EdgeGRPOConfig`'s own fields (type,
+  default, help), from the dataclass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import typing
 from pathlib import Path
 
 from mkdocs.structure.files import File, Files
@@ -17,10 +23,13 @@ from mkdocs.structure.files import File, Files
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO_ROOT / "benchmarks"
 LINK = re.compile(r"\]\(([^)\s#]+)")  # the target of an image or a link
+IMAGE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+)\)")
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s")
+CONFIG_FIELDS_MARKER = "<!-- edge-grpo-config-fields -->"
 
 
 def on_files(files: Files, config) -> Files:
-    from edge_trl.cli.train_command import flag_reference
+    from edge_trl.cli.flag_reference import flag_reference
 
     files.append(File.generated(config, "cli-reference.md", content=flag_reference()))
     readme = (BENCHMARKS / "README.md").read_text(encoding="utf-8")
@@ -30,3 +39,53 @@ def on_files(files: Files, config) -> Files:
         if "://" not in target and source.is_file() and BENCHMARKS in source.parents and source.suffix != ".md":
             files.append(File.generated(config, f"benchmarks/{target}", abs_src_path=str(source)))
     return files
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if page.file.src_uri == "benchmarks/index.md":
+        return for_the_site(markdown)
+    if page.file.src_uri == "api.md":
+        return markdown.replace(CONFIG_FIELDS_MARKER, config_fields_table())
+    return markdown
+
+
+def for_the_site(markdown: str) -> str:
+    """GitHub Markdown as Python Markdown renders it the same: lists after a text line get their blank line; each plot
+    is a link to itself, so a click opens it full size."""
+    lines, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        if (not fenced and LIST_ITEM.match(line) and lines and lines[-1].strip()
+                and not LIST_ITEM.match(lines[-1]) and not lines[-1].startswith((" ", "|", "#"))):  # fmt: skip
+            lines.append("")
+        if not fenced:
+            line = IMAGE.sub(r'[![\1](\2)](\2){ .zoom title="open full size" }', line)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(hint: object) -> str:
+    text = str(hint) if not isinstance(hint, type) else hint.__name__
+    return re.sub(r"\btyping\.", "", text).replace("NoneType", "None")
+
+
+def config_fields_table() -> str:
+    """`EdgeGRPOConfig`'s own fields (the ones it adds to TRL's `GRPOConfig`), each with type, default and help."""
+    from edge_trl.cli.flag_reference import help_markdown, value_markdown
+    from edge_trl.config import EdgeGRPOConfig
+    from edge_trl.config_schema import config_fields
+
+    hints = typing.get_type_hints(EdgeGRPOConfig)
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    own = [f for f in config_fields(EdgeGRPOConfig) if f.owner == "EdgeGRPOConfig"]
+    declared = {f.name: f for f in dataclasses.fields(EdgeGRPOConfig)}
+    for field in own:
+        help_text = help_markdown(field.help)
+        default = value_markdown(field.default) if declared[field.name].default is not dataclasses.MISSING or (
+            declared[field.name].default_factory is not dataclasses.MISSING) else "required"  # fmt: skip
+        rows.append(
+            f'| <span id="EdgeGRPOConfig.{field.name}"></span>[`{field.name}`](cli-reference.md#{field.name}) '
+            f"| `{_type_name(hints[field.name])}` | {default} | {help_text} |"
+        )
+    return "\n".join(rows)

@@ -22,24 +22,24 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EdgeGRPOConfig(GRPOConfig):
-    r"""Configuration for [`EdgeGRPOTrainer`]: every [`trl.GRPOConfig`] field, plus:
+    r"""Configuration for [`EdgeGRPOTrainer`][edge_trl.EdgeGRPOTrainer]: every field of TRL's
+    [`GRPOConfig`](https://huggingface.co/docs/trl/en/grpo_trainer#trl.GRPOConfig) (and so of transformers'
+    [`TrainingArguments`](https://huggingface.co/docs/transformers/en/main_classes/trainer#transformers.TrainingArguments)),
+    plus the fields of each method:
 
-    Entropy-Driven Advantage (EDGE-GRPO, arXiv 2507.21848):
-        eda, eda_scope, eda_entropy_floor, eda_min_scale, eda_max_scale
-    Covariance-based entropy control (Cui et al., arXiv 2505.22617):
-        cov_mode, clip_cov_ratio, clip_cov_lb, clip_cov_ub, kl_cov_ratio, kl_cov_coef, kl_cov_clip
-    Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline:
-        gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
-        gec_max_new_tokens, gec_cue_in_budget, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
-        gec_mask_injected
-    DAPO dynamic sampling (Yu et al., arXiv 2503.14476, section 3.2):
-        dynamic_sampling, dynamic_sampling_metric, max_num_gen_batches
-    Covariance selection scope:
-        cov_scope
-    Faults in reward functions:
-        reward_timeout
+    - Entropy-Driven Advantage (EDGE-GRPO, arXiv 2507.21848): `eda`, `eda_scope`, `eda_entropy_floor`,
+      `eda_min_scale`, `eda_max_scale`.
+    - Covariance-based entropy control (Cui et al., arXiv 2505.22617): `cov_mode`, `clip_cov_ratio`, `clip_cov_lb`,
+      `clip_cov_ub`, `kl_cov_ratio`, `kl_cov_coef`, `kl_cov_clip`, and where the tokens are chosen, `cov_scope`.
+    - Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline: `gec`, `force_reflection`,
+      `gec_reflection_cue`, `gec_answer_template`, `gec_reflect_prob`, `gec_answer_prob`, `gec_solution_prob`,
+      `gec_max_new_tokens`, `gec_cue_in_budget`, `gec_answer_column`, `gec_solution_column`, `gec_reward_name`,
+      `gec_correct_threshold`, `gec_mask_injected`.
+    - DAPO dynamic sampling (Yu et al., arXiv 2503.14476, section 3.2): `dynamic_sampling`,
+      `dynamic_sampling_metric`, `max_num_gen_batches`.
+    - Faults in reward functions: `reward_timeout`.
 
-    With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
+    With every feature off (the defaults) the trainer is numerically identical to TRL's `GRPOTrainer`.
     """
 
     eda: bool = field(

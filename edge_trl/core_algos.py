@@ -66,10 +66,10 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def response_entropy(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean policy entropy of each response: H_i = sum_t H_{i,t} m_{i,t} / sum_t m_{i,t}.
+    r"""Mean policy entropy of each response: $H_i = \sum_t H_{i,t}\, m_{i,t} / \sum_t m_{i,t}$.
 
     ``entropies`` and ``mask`` are (B, T); the result is (B,), computed without gradient. A response with no valid
-    token gets H_i = 0 (callers treat it as "no information", see :func:`entropy_scale`).
+    token gets H_i = 0 (callers treat it as "no information", see [`entropy_scale`][edge_trl.core_algos.entropy_scale]).
     """
     mask = mask.to(entropies.dtype)
     return (entropies.detach() * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
@@ -84,10 +84,11 @@ def entropy_scale(
     min_scale: float | None = None,
     max_scale: float | None = None,
 ) -> torch.Tensor:
-    """The EDA factor s_i = mean_{j in G(i)} H~_j / H~_i, with H~ = max(H, entropy_floor).
+    r"""The EDA factor $s_i = \operatorname{mean}_{j \in G(i)} \tilde H_j / \tilde H_i$, with
+    $\tilde H = \max(H, \text{entropy\_floor})$.
 
-    EDGE-GRPO divides each advantage by the response's *normalised* entropy P^_i = P_i / mean_j P_j, i.e. multiplies
-    it by mean_j(P_j) / P_i. ``G(i)`` is the group of ``group_size`` consecutive responses that holds i (the paper:
+    EDGE-GRPO divides each advantage by the response's *normalised* entropy $\hat P_i = P_i / \operatorname{mean}_j P_j$,
+    i.e. multiplies it by $\operatorname{mean}_j P_j / P_i$. ``G(i)`` is the group of ``group_size`` consecutive responses that holds i (the paper:
     the G responses of one prompt), or the whole batch when ``group_size`` is None.
 
     * ``valid`` (B,) bool marks responses that have at least one valid token; the others do not enter the mean and
@@ -131,11 +132,11 @@ def entropy_driven_advantages(
     min_scale: float | None = None,
     max_scale: float | None = None,
 ) -> torch.Tensor:
-    """Entropy-Driven Advantage (EDGE-GRPO, EDA): A^_i = A_i * mean_{j in G(i)}(H_j) / H_i.
+    r"""Entropy-Driven Advantage (EDGE-GRPO, EDA): $\hat A_i = A_i \cdot \operatorname{mean}_{j \in G(i)} H_j / H_i$.
 
-    H_i is the mean token entropy of response i over its valid tokens (:func:`response_entropy`); the mean runs over
+    H_i is the mean token entropy of response i over its valid tokens ([`response_entropy`][edge_trl.core_algos.response_entropy]); the mean runs over
     the group of ``group_size`` consecutive responses, or over the whole batch when ``group_size`` is None
-    (:func:`entropy_scale`). Confident responses (low H_i) get larger |A^|: confident correct answers are pushed up
+    ([`entropy_scale`][edge_trl.core_algos.entropy_scale]). Confident responses (low $H_i$) get larger $|\hat A_i|$: confident correct answers are pushed up
     harder and confident wrong ones pushed down harder. Computed without gradient.
 
     ``advantages`` is (B,) or (B, T) (a per-token advantage is scaled by its response's factor); returns the same
@@ -249,7 +250,7 @@ def clip_cov_mask(
 
         L_Clip-Cov = E_t[ r_t A_t  if t not selected, else 0 ]  (PPO clipping unchanged elsewhere).
 
-    ``exclude`` is normally :func:`ppo_clipped_mask` (their gradient is already 0). ``generator`` makes the draw
+    ``exclude`` is normally [`ppo_clipped_mask`][edge_trl.core_algos.ppo_clipped_mask] (their gradient is already 0). ``generator`` makes the draw
     reproducible; a CPU generator works for tensors on any device. Returns a (B, T) bool mask of selected tokens.
     """
     valid = mask.bool()
@@ -272,7 +273,7 @@ def kl_cov_mask(cov: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.Te
     """KL-Cov token selection (Cui et al., the L_KL-Cov objective): the top-k valid tokens by Cov.
 
     k = max(1, int(ratio * n_valid)). Ties are broken by position (the earlier token wins), so the choice is
-    deterministic. The selected tokens get a KL penalty (:func:`kl_cov_penalty`):
+    deterministic. The selected tokens get a KL penalty ([`kl_cov_penalty`][edge_trl.core_algos.kl_cov_penalty]):
 
         L_KL-Cov = E_t[ r_t A_t - beta_cov * |log pi_t - log pi_old,t|  on selected t, r_t A_t elsewhere ].
 
@@ -309,7 +310,7 @@ class CovSettings:
     """The settings a covariance mode may read (the trainer fills them from its config).
 
     ``epsilon_low`` / ``epsilon_high`` are PPO's clip range; ``generator`` seeds any random draw of the mode.
-    ``selected``: tokens already chosen for this micro-batch (``cov_scope='step'``, by :func:`step_cov_selection`);
+    ``selected``: tokens already chosen for this micro-batch (``cov_scope='step'``, by `step_cov_selection`);
     the built-in modes then use them instead of selecting on the micro-batch alone.
     """
 
@@ -351,7 +352,7 @@ def register_cov_mode(name: str) -> Callable[[CovModeFn], CovModeFn]:
     """Register a covariance mode under ``name`` (as verl's ``register_policy_loss``); ``cov_mode=name`` selects it.
 
     The function takes ``(logps, old_logps, advantages, mask, settings: CovSettings)`` (``logps`` carries the
-    gradient, ``advantages`` is (B,) or (B, T)) and returns a :class:`CovTerms`.
+    gradient, ``advantages`` is (B,) or (B, T)) and returns a [`CovTerms`][edge_trl.core_algos.CovTerms].
     """
 
     def decorator(fn: CovModeFn) -> CovModeFn:
@@ -374,7 +375,7 @@ def clip_cov_terms(
 ) -> CovTerms:
     """Clip-Cov (Cui et al., L_Clip-Cov): stop the gradient of a random share of high-covariance tokens.
 
-    The tokens of :func:`clip_cov_mask` (tokens PPO already clips are not candidates) keep their loss value but get
+    The tokens of [`clip_cov_mask`][edge_trl.core_algos.clip_cov_mask] (tokens PPO already clips are not candidates) keep their loss value but get
     no gradient: log pi is detached there. The authors multiply those tokens' loss by 0 instead: the same gradient,
     a logged loss lower by their share.
     """
@@ -437,12 +438,12 @@ def step_cov_selection(
     """The keys of the tokens Clip-Cov or KL-Cov select over a whole optimizer step (``cov_scope='step'``).
 
     ``cov``, ``keys``, ``candidates``: one entry per valid token of the step, every micro-batch and process
-    concatenated in any order; ``cov`` centred with the step's means (:func:`token_covariance` with ``centre``).
-    k = max(1, int(ratio * num_valid)) as in :func:`num_selected_tokens`, counted over the whole step.
+    concatenated in any order; ``cov`` centred with the step's means ([`token_covariance`][edge_trl.core_algos.token_covariance] with ``centre``).
+    k = max(1, int(ratio * num_valid)) as in [`num_selected_tokens`][edge_trl.core_algos.num_selected_tokens], counted over the whole step.
 
-    * ``kl_cov``: the top-k tokens by Cov (:func:`kl_cov_mask`), ties broken by the smaller key;
+    * ``kl_cov``: the top-k tokens by Cov ([`kl_cov_mask`][edge_trl.core_algos.kl_cov_mask]), ties broken by the smaller key;
     * ``clip_cov``: k tokens drawn uniformly among the candidates (lb < Cov < ub and not clipped by PPO,
-      :func:`clip_cov_mask`), by a permutation of the candidates sorted by key.
+      [`clip_cov_mask`][edge_trl.core_algos.clip_cov_mask]), by a permutation of the candidates sorted by key.
 
     Sorting by key first makes the choice independent of how the step's tokens were split and ordered: the same
     tokens for one micro-batch of 8, two of 4, or two processes of 4. Returns the selected keys, sorted.

@@ -1,6 +1,6 @@
 """EdgeGRPOTrainer: TRL's GRPOTrainer with EDGE-GRPO (EDA, GEC) and Clip-Cov / KL-Cov.
 
-The trainer is glue: the formulas live in :mod:`edge_trl.core_algos`, GEC's token assembly in :mod:`edge_trl.gec`.
+The trainer is glue: the formulas live in `edge_trl.core_algos`, GEC's token assembly in `edge_trl.gec`.
 It hooks TRL at these seams and re-implements no TRL method body:
 
 * construction (after TRL's): with conversational prompts, the chat template's end-of-turn token joins TRL's stop
@@ -31,14 +31,14 @@ It hooks TRL at these seams and re-implements no TRL method body:
 * ``_save_checkpoint`` / ``_load_optimizer_and_scheduler`` / ``_get_train_sampler``: exact resume. The state TRL
   and edge-trl keep outside a transformers checkpoint (TRL's ``_step`` and a rollout buffer spanning the checkpoint,
   GEC's rollout count, dynamic sampling's prompt position) is saved with each checkpoint and restored; the
-  training sampler is TRL's, made resumable across epochs. See :mod:`edge_trl.checkpoints`.
+  training sampler is TRL's, made resumable across epochs. See `edge_trl.checkpoints`.
 
 What passes between the hooks lives in two small objects, each alive for one call only: ``_RolloutState`` (one
 ``_generate_and_score_completions`` call) and ``_LossState`` (one ``_compute_loss`` call). The only state that must
 travel with TRL's data is the group id of each response (``GROUP_IDS_KEY``) and, with a covariance mode, its position
 in the rollout (``RESPONSE_IDS_KEY``): keys of TRL's batch that survive its shuffle into micro-batches.
 
-Reward functions are wrapped by :func:`edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
+Reward functions are wrapped by `edge_trl.faults.guard_reward_funcs` before TRL sees them: one completion a
 reward fails on (raises, hangs, NaN/inf) scores None instead of stopping the run.
 
 All hooks follow TRL 1.16 (the range pinned in pyproject.toml; ``tests/test_compat.py`` fails on another version).
@@ -140,7 +140,8 @@ class _LossState:
 class EdgeGRPOTrainer(GRPOTrainer):
     """GRPO with EDGE-GRPO's Entropy-Driven Advantage and Guided Error Correction, and Cui et al.'s Clip-Cov / KL-Cov.
 
-    Takes the arguments of [`trl.GRPOTrainer`]; ``args`` must be an [`EdgeGRPOConfig`]. ``edge_run_info`` (also a
+    Takes the arguments of TRL's [`GRPOTrainer`](https://huggingface.co/docs/trl/en/grpo_trainer#trl.GRPOTrainer);
+    ``args`` must be an [`EdgeGRPOConfig`][edge_trl.EdgeGRPOConfig]. ``edge_run_info`` (also a
     public attribute, which may be set after construction) is shown on the model card: the keys ``method``,
     ``dataset`` and ``model`` are read, all optional. Extra metrics, logged
     through TRL every step under ``edge/``: ``collapsed_group_share``, ``adv_var`` (every rollout), ``adv_var_before_eda``,
@@ -384,7 +385,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         """DAPO's dynamic sampling (verl ``recipe/dapo/dapo_ray_trainer.py``, ``algorithm.filter_groups``).
 
         Generates and scores generation batches from the next prompts of the sampler's order, keeps the groups whose
-        metric is not constant (:func:`core_algos.dynamic_sampling_filter`; after GEC's correction, since scoring
+        metric is not constant (`core_algos.dynamic_sampling_filter`; after GEC's correction, since scoring
         includes it), until the kept groups fill one generation batch; the surplus is cut. Every process sees the
         gathered rewards, so all decide the same and generate the same number of batches. Returns this process's
         slice of the kept batch, in TRL's layout.
@@ -621,7 +622,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         One no-grad forward over the step's micro-batches (TRL 1.16 keeps them all in ``_buffered_inputs``; the
         weights do not change within a step, so these are the log-probs the loss forwards will see), the
         covariance centred with the means over the step's valid tokens on every process, k counted over them, and
-        the choice made by :func:`core_algos.step_cov_selection` on the gathered tokens, named by their response's
+        the choice made by `core_algos.step_cov_selection` on the gathered tokens, named by their response's
         rollout position and their own: the same tokens however the step is split into micro-batches and processes.
         """
         start_time = time.perf_counter()

@@ -3,16 +3,16 @@
 TRL 1.16 drives vLLM itself (``GRPOConfig.use_vllm``, ``vllm_mode`` = ``"colocate"`` or ``"server"``); edge-trl adds
 no generation code of its own. What lives here:
 
-* :func:`vllm_config_fields`: what ``--vllm colocate|server`` and the vLLM settings users tune (memory utilisation,
+* `vllm_config_fields`: what ``--vllm colocate|server`` and the vLLM settings users tune (memory utilisation,
   tensor-parallel size, importance-sampling correction, server host/port/timeout) mean as ``GRPOConfig`` fields;
-* :func:`check_vllm`: every check that can fail *before* a training process starts, each raising
-  :class:`VLLMSetupError` (a ``ValueError``) with an actionable message: vLLM not installed, a version outside the
+* `check_vllm`: every check that can fail *before* a training process starts, each raising
+  `VLLMSetupError` (a ``ValueError``) with an actionable message: vLLM not installed, a version outside the
   tested range, server mode with no server answering within a timeout (host and port named), a model whose head
   size the CPU attention backend refuses;
-* :func:`cpu_environment`: the environment a CPU run needs (a small KV cache: vLLM's CPU default of 4 GiB per engine
+* `cpu_environment`: the environment a CPU run needs (a small KV cache: vLLM's CPU default of 4 GiB per engine
   is more than a tiny model on a shared machine should take);
-* :func:`adapt_vllm_generation`: the one fix TRL's colocate path needs on vLLM's CPU backend, the weight sync (see
-  :class:`CPUColocateVLLMGeneration`); ``EdgeGRPOTrainer`` calls it after TRL has built its vLLM engine.
+* `adapt_vllm_generation`: the one fix TRL's colocate path needs on vLLM's CPU backend, the weight sync (see
+  `CPUColocateVLLMGeneration`); ``EdgeGRPOTrainer`` calls it after TRL has built its vLLM engine.
 
 The launcher calls ``check_vllm(...)`` in the parent process (exit code 2 on ``VLLMSetupError``) and merges
 ``vllm_config_fields(...)`` into the resolved run's config.
@@ -137,7 +137,7 @@ def check_vllm(
     """Every check of a vLLM run that can fail before a process starts; returns the installed vLLM version.
 
     ``mode`` is ``"colocate"`` or ``"server"``; ``on_cpu`` None means "no CUDA device here". Raises
-    :class:`VLLMSetupError` (a ``ValueError``; the CLI exits with code 2) naming what to change.
+    `VLLMSetupError` (a ``ValueError``; the CLI exits with code 2) naming what to change.
     """
     if mode not in VLLM_MODES:
         raise VLLMSetupError(f"--vllm {mode!r}: use {' or '.join(VLLM_MODES)}.")
