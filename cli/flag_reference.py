@@ -221,7 +221,7 @@ def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: 
     else:
         choices = config_field.choices or ()
         metavar = " | ".join(choices) if choices and len(choices) <= 6 else config_field.kind.upper()
-        usage = f"<code>{config_field.flag} {metavar}</code>"
+        usage = f'<code>{config_field.flag}</code> <span class="flag-metavar">{metavar}</span>'
     lines = [
         f'<div class="flag" id="{config_field.name}" markdown>',
         f'<p class="flag-name">{usage} <span class="flag-field">{config_field.name}</span></p>',

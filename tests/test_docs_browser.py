@@ -60,6 +60,10 @@ CHECKS = r"""
     for (const match of text.matchAll(pattern)) report.raw.push(match[0]);
   const width = document.documentElement.clientWidth;
   report.pageScroll = document.documentElement.scrollWidth - width;
+  if (report.pageScroll > 1)  // name what sticks out
+    report.widest = [...document.body.querySelectorAll('*')].filter((el) => !inScroller(el) &&
+      el.getBoundingClientRect().right > width + 1).slice(-3).map((el) => el.tagName + '.' + el.className + ': ' +
+      (el.innerText || '').slice(0, 40));
   for (const el of content.querySelectorAll('p, li, h1, h2, h3, h4, dt, dd, .flag-name, img')) {
     if (inScroller(el)) continue;
     const r = el.getBoundingClientRect();
@@ -178,7 +182,7 @@ def test_key_pages_fit_and_render(served_site, browser, width):
         report = render(browser, served_site + page, width)
         bad = {key: report[key] for key in ("overflowing", "brokenFlags", "raw", "offScreen") if report[key]}
         if report["pageScroll"] > 1:
-            bad["pageScroll"] = report["pageScroll"]
+            bad["pageScroll"] = [report["pageScroll"], *report["widest"]]
         if page == "quickstart/" and report["codeCut"]:
             bad["codeCut"] = report["codeCut"]
         if report["mathTypeset"] != report["math"] or report["mathErrors"]:
