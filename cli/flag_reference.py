@@ -207,11 +207,24 @@ def value_markdown(value: Any) -> str:
 
 
 def _value_line(values: list[tuple[str, Any]]) -> list[str]:
-    """``values``, (case label, value) pairs, grouped by value: one line per distinct value."""
+    """``values``, (case label, value) pairs, grouped by value: one line per distinct value; the method presets of a
+    line named together (``--method clip-cov, kl-cov``)."""
     groups: dict[str, list[str]] = {}
     for label, value in values:
         groups.setdefault(value_markdown(value), []).append(label)
-    return [f"{value}: {'; '.join(labels)}" for value, labels in groups.items()]
+    lines = []
+    for value, labels in groups.items():
+        methods = [label.removeprefix("`--method ").removesuffix("`") for label in labels if label.startswith("`--method ")]
+        others = [label for label in labels if not label.startswith("`--method ")]
+        if methods:
+            others.append("`--method` " + ", ".join(f"`{method}`" for method in methods))
+        lines.append(f"{wrappable(value)}: {'; '.join(others)}")
+    return lines
+
+
+def wrappable(code: str) -> str:
+    """A long value's code span may wrap (extra.css keeps a default's code on one line otherwise)."""
+    return code + "{ .wrap }" if len(code) > 26 else code
 
 
 def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: list[dict[str, Any]]) -> list[str]:
@@ -240,21 +253,19 @@ def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: 
     distinct = {value_markdown(value) for _, value in main_values}
     lines.append("")
     if len(distinct) == 1 and not changed:
-        lines.append(f'<p class="flag-default" markdown>Default: {next(iter(distinct))}</p>')
+        lines.append(f'<p class="flag-default" markdown>Default: {wrappable(next(iter(distinct)))}</p>')
     else:
         lines.append('<div class="flag-default" markdown>')
         lines.append("")
         lines.append("Default:")
         lines.append("")
-        lines += [f"- {line}" for line in _value_line(main_values)]
-        if changed:
-            lines += [f"- {line}" for line in _value_line(changed)]
+        lines += [f"- {line}" for line in _value_line(main_values + changed)]
         lines += ["", "</div>"]
     if config_field.default is not None and all(
         value_markdown(effective(s, config_field)) != value_markdown(config_field.default) for s in main
     ):
         lines.append(f'<p class="flag-dataclass" markdown>Field default (`EdgeGRPOConfig()` in Python): '
-                     f"{value_markdown(config_field.default)}</p>")  # fmt: skip
+                     f"{wrappable(value_markdown(config_field.default))}</p>")  # fmt: skip
     lines += ["</div>", ""]
     return lines
 

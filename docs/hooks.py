@@ -43,6 +43,7 @@ def on_files(files: Files, config) -> Files:
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if page.file.src_uri == "benchmarks/index.md":
+        page.meta.setdefault("hide", ["navigation"])  # its wide tables take the navigation's width
         return for_the_site(markdown)
     if page.file.src_uri == "api.md":
         return markdown.replace(CONFIG_FIELDS_MARKER, config_fields_table())
@@ -72,7 +73,7 @@ def _type_name(hint: object) -> str:
 
 def config_fields_table() -> str:
     """`EdgeGRPOConfig`'s own fields (the ones it adds to TRL's `GRPOConfig`), each with type, default and help."""
-    from edge_trl.cli.flag_reference import help_markdown, value_markdown
+    from edge_trl.cli.flag_reference import help_markdown, value_markdown, wrappable
     from edge_trl.config import EdgeGRPOConfig
     from edge_trl.config_schema import config_fields
 
@@ -82,7 +83,7 @@ def config_fields_table() -> str:
     declared = {f.name: f for f in dataclasses.fields(EdgeGRPOConfig)}
     for field in own:
         help_text = help_markdown(field.help)
-        default = value_markdown(field.default) if declared[field.name].default is not dataclasses.MISSING or (
+        default = wrappable(value_markdown(field.default)) if declared[field.name].default is not dataclasses.MISSING or (
             declared[field.name].default_factory is not dataclasses.MISSING) else "required"  # fmt: skip
         rows.append(
             f'| <span id="EdgeGRPOConfig.{field.name}"></span>[`{field.name}`](cli-reference.md#{field.name}) '

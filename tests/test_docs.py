@@ -115,7 +115,7 @@ def shown_defaults(block: str) -> dict[str, str]:
         return {"*": plain(default).removeprefix("Default:").strip()}
     shown = {}
     for item in items:
-        value, labels = re.match(r"\s*(<code>.*?</code>):(.*)", item, flags=re.S).groups()
+        value, labels = re.match(r"\s*(<code[^>]*>.*?</code>):(.*)", item, flags=re.S).groups()
         for label in plain(labels).split("; "):
             shown[label] = plain(value)
     return shown
