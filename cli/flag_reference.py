@@ -214,7 +214,9 @@ def _value_line(values: list[tuple[str, Any]]) -> list[str]:
         groups.setdefault(value_markdown(value), []).append(label)
     lines = []
     for value, labels in groups.items():
-        methods = [label.removeprefix("`--method ").removesuffix("`") for label in labels if label.startswith("`--method ")]
+        methods = [
+            label.removeprefix("`--method ").removesuffix("`") for label in labels if label.startswith("`--method ")
+        ]
         others = [label for label in labels if not label.startswith("`--method ")]
         if methods:
             others.append("`--method` " + ", ".join(f"`{method}`" for method in methods))
@@ -243,11 +245,13 @@ def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: 
     ]
     if config_field.choices and len(config_field.choices) > 6:
         lines[-1] += " Choices: " + ", ".join(f"`{choice}`" for choice in config_field.choices) + "."
-    main_values = [(case.label, effective(settings, config_field)) for case, settings in zip(MAIN_CASES, main)]
+    main_values = [
+        (case.label, effective(settings, config_field)) for case, settings in zip(MAIN_CASES, main, strict=True)
+    ]
     base = effective(main[2], config_field)
     changed = [
         (case.label, effective(settings, config_field))
-        for case, settings in zip(VARIANTS, variants)
+        for case, settings in zip(VARIANTS, variants, strict=True)
         if effective(settings, config_field) != base
     ]
     distinct = {value_markdown(value) for _, value in main_values}

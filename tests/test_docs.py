@@ -91,10 +91,13 @@ def test_flag_reference_covers_every_config_field(site):
     assert '<a href="https://' in blocks["loss_type"] and "<code>" in blocks["loss_type"]
     # topics: the edge-trl methods first, then generation, optimisation, vLLM, logging and saving, the rest
     headings = re.findall(r"<h2 id=\"([\w-]+)\"", reference)
-    assert headings.index("edge-trl-methods") < headings.index("generation") < headings.index(
-        "optimisation-loss-optimizer-schedule-precision"
-    ) < headings.index("vllm-rollouts") < headings.index("logging-saving-evaluation-and-the-hub") < headings.index(
-        "the-rest-of-trl-and-transformers"
+    assert (
+        headings.index("edge-trl-methods")
+        < headings.index("generation")
+        < headings.index("optimisation-loss-optimizer-schedule-precision")
+        < headings.index("vllm-rollouts")
+        < headings.index("logging-saving-evaluation-and-the-hub")
+        < headings.index("the-rest-of-trl-and-transformers")
     )
 
 
@@ -102,7 +105,9 @@ def test_flag_reference_is_found_by_field_name(site):
     import json
 
     index = json.loads((site / "search" / "search_index.json").read_text())
-    found = [doc["location"] for doc in index["docs"] if "kl_cov_ratio" in doc["text"] or "kl_cov_ratio" in doc["title"]]
+    found = [
+        doc["location"] for doc in index["docs"] if "kl_cov_ratio" in doc["text"] or "kl_cov_ratio" in doc["title"]
+    ]
     assert any(location.startswith("cli-reference/") for location in found), found
 
 
@@ -146,7 +151,7 @@ def test_flag_reference_defaults_match_the_dry_run(site, case_index, monkeypatch
     fields = {f.name: f for f in option_fields()}
     checked = 0
     for name, config_field in fields.items():
-        if name in ("output_dir", "model", "recipe") or name not in settings and name != "gradient_checkpointing":
+        if name in ("output_dir", "model", "recipe") or (name not in settings and name != "gradient_checkpointing"):
             continue  # paths depend on the working directory; fields the run does not set keep their default
         shown = shown_defaults(blocks[name])
         expected = value_markdown(effective(settings, config_field)).strip("`")

@@ -30,7 +30,9 @@ CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser")
 if CHROMIUM is None:
     if os.environ.get("EDGE_TRL_REQUIRE_BROWSER"):
         pytest.fail("chromium is not installed (apt-get install -y chromium); .ci/run installs it.", pytrace=False)
-    pytest.skip("chromium is not installed (apt-get install -y chromium); .ci/run installs it.", allow_module_level=True)
+    pytest.skip(
+        "chromium is not installed (apt-get install -y chromium); .ci/run installs it.", allow_module_level=True
+    )
 
 # Measured in the page: one JSON report per page and width.
 CHECKS = r"""
