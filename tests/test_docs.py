@@ -57,6 +57,9 @@ def test_every_page_is_in_the_nav_and_built(site):
     bench = page_html(site, "benchmarks/index.md")
     for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (REPO_ROOT / "benchmarks" / "README.md").read_text()):
         assert f'src="{image}"' in bench and (site / "benchmarks" / image).is_file(), image
+        assert f'<a class="zoom" href="{image}"' in bench, f"{image}: not linked to its full-size file"
+    # a list right under a line of text (GitHub's Markdown) is a list on the site too, not literal dashes
+    assert "<p>Reading it:\n- " not in bench and "<p>Reading it:</p>\n<ul>" in bench
 
 
 def flag_blocks(reference: str) -> dict[str, str]:
