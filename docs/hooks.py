@@ -9,6 +9,7 @@
   Markdown needs a blank line) is given its blank line.
 - `api.md`: the `<!-- edge-grpo-config-fields -->` marker becomes the table of `EdgeGRPOConfig`'s own fields (type,
   default, help), from the dataclass.
+- every page: long inline code with spaces gets the class `wrap`, so that a table's columns fit (docs/assets/extra.css).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LINK = re.compile(r"\]\(([^)\s#]+)")  # the target of an image or a link
 IMAGE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+)\)")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s")
 CONFIG_FIELDS_MARKER = "<!-- edge-grpo-config-fields -->"
+LONG_CODE = re.compile(r"<code>([^<]*\s[^<]*)</code>")
 
 
 def on_files(files: Files, config) -> Files:
@@ -48,6 +50,14 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if page.file.src_uri == "api.md":
         return markdown.replace(CONFIG_FIELDS_MARKER, config_fields_table())
     return markdown
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    """Long inline code with spaces (a default string, a command) may wrap inside a table cell; the rest of a table's
+    code (names, file:line citations) stays on one line (extra.css)."""
+    return LONG_CODE.sub(
+        lambda m: m.group(0) if len(m.group(1)) <= 26 else f'<code class="wrap">{m.group(1)}</code>', html
+    )
 
 
 def for_the_site(markdown: str) -> str:
