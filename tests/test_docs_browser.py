@@ -78,6 +78,8 @@ CHECKS = r"""
   report.math = maths.length;
   report.mathTypeset = maths.filter((el) => el.querySelector('.katex')).length;
   report.mathErrors = content.querySelectorAll('.katex-error').length;
+  report.mathScroll = [...content.querySelectorAll('div.arithmatex')].filter((m) => m.scrollWidth > m.clientWidth + 1)
+    .map((m) => m.innerText.slice(0, 40));
   return JSON.stringify(report);
 })()
 """
@@ -190,6 +192,8 @@ def test_key_pages_fit_and_render(served_site, browser, width):
             bad["pageScroll"] = [report["pageScroll"], *report["widest"]]
         if width >= 1400 and report["tableScroll"]:  # on a wide screen every column shows (the API fields, recipes)
             bad["tableScroll"] = report["tableScroll"]
+        if width >= 1400 and report["mathScroll"]:  # and every formula shows whole
+            bad["mathScroll"] = report["mathScroll"]
         if page == "quickstart/" and report["codeCut"]:
             bad["codeCut"] = report["codeCut"]
         if report["mathTypeset"] != report["math"] or report["mathErrors"]:
