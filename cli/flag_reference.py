@@ -57,6 +57,22 @@ VARIANT_ARGS = (
 VARIANTS = tuple(Case(f"`{' '.join(args)}`", ("--model", HUB_MODEL, *args), 1) for args in VARIANT_ARGS)
 # transformers 5 names gradient checkpointing activation_checkpointing: the launcher writes the old field's value there.
 SAME_VALUE_AS = {"gradient_checkpointing": "activation_checkpointing"}
+# Fields whose value names the method (the output folder): the method presets are not listed one by one.
+NOT_BY_METHOD = {"output_dir": "with `--method M`: `outputs/<model folder>-M`"}
+
+
+def machine_notes() -> dict[str, str]:
+    """What a machine changes that the cases above cannot show (whether vLLM is installed where the docs are built),
+    from the constants the launcher uses."""
+    from edge_trl.presets import GPU_MICRO_BATCH, GPU_MICRO_BATCH_WITH_VLLM
+
+    vllm = "On a GPU machine with a tested vLLM installed, `edge-trl train` sets `use_vllm: true` and `vllm_mode: colocate`."
+    split = (
+        f"On a GPU, a micro-batch above {GPU_MICRO_BATCH} ({GPU_MICRO_BATCH_WITH_VLLM} with vLLM) is split into "
+        "gradient accumulation steps, so the batch per optimizer step stays the same; a value you give is kept."
+    )
+    return {"use_vllm": vllm, "vllm_mode": vllm, "per_device_train_batch_size": split,
+            "gradient_accumulation_steps": split}  # fmt: skip
 
 
 def _flag_values(args: tuple[str, ...]) -> dict[str, Any]:
@@ -252,7 +268,7 @@ def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: 
     changed = [
         (case.label, effective(settings, config_field))
         for case, settings in zip(VARIANTS, variants, strict=True)
-        if effective(settings, config_field) != base
+        if effective(settings, config_field) != base and config_field.name not in NOT_BY_METHOD
     ]
     distinct = {value_markdown(value) for _, value in main_values}
     lines.append("")
@@ -264,7 +280,12 @@ def flag_entry(config_field: ConfigField, main: list[dict[str, Any]], variants: 
         lines.append("Default:")
         lines.append("")
         lines += [f"- {line}" for line in _value_line(main_values + changed)]
+        if config_field.name in NOT_BY_METHOD:
+            lines.append(f"- {NOT_BY_METHOD[config_field.name]}")
         lines += ["", "</div>"]
+    note = machine_notes().get(config_field.name)
+    if note:
+        lines.append(f'<p class="flag-dataclass" markdown>{note}</p>')
     if config_field.default is not None and all(
         value_markdown(effective(s, config_field)) != value_markdown(config_field.default) for s in main
     ):
