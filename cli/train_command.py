@@ -12,7 +12,6 @@ Only flags given on the command line override; the others leave the lower layers
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -194,61 +193,4 @@ def run_train(**values: Any) -> None:
         raise click.exceptions.Exit(code)
 
 
-# -- the flag reference of the docs --------------------------------------------------------------------------------------
-
-# Help texts hold Markdown and table syntax (`|`, `*`, `_`, `<`): written as character references they show as text.
-_MARKDOWN_ESCAPES = str.maketrans({c: f"&#{ord(c)};" for c in "&<>|*_`[]\\$"})
-
-
-def _text(text: str) -> str:
-    return text.translate(_MARKDOWN_ESCAPES)
-
-
-def _code(text: Any) -> str:
-    return f"<code>{_text(str(text))}</code>"
-
-
-def _default(value: Any) -> str:
-    """A default as Python writes it for strings (quotes show leading spaces, ``\\n`` a line break), else as text."""
-    return _code(json.dumps(value, ensure_ascii=False) if isinstance(value, str) else value)
-
-
-def flag_reference() -> str:
-    """The flags of `edge-trl train` as a Markdown page, built from the fields the command itself is built from
-    (`option_fields`, in the sections of ``train --help``): the docs' flag reference (docs/hooks.py), so it cannot
-    drift from the command."""
-    by_section: dict[str, list[ConfigField]] = {}
-    for config_field in option_fields():
-        by_section.setdefault(dict(SECTIONS).get(config_field.owner, OTHER_SECTION), []).append(config_field)
-    header = ["| flag | value | default | meaning |", "|---|---|---|---|"]
-    lines = [
-        "# Flag reference: edge-trl train",
-        "",
-        "Generated when the docs are built, from the config fields that `edge-trl train` itself is built from "
-        "(`edge_trl/config_schema.py`, `cli/train_command.py`), in the sections of `edge-trl train --help`. Each flag "
-        "also has an underscore spelling (`--per_device_train_batch_size`), each boolean flag a `--no-` form, and each "
-        "flag's field is a `--set` key and a recipe key. " + _text(EPILOG),
-        "",
-        "## Options",
-        "",
-        *header,
-    ]
-    for option in _command_options():
-        value = "" if option.is_flag else _code(option.metavar or "PATH")
-        lines.append(f"| {_code(option.opts[0])} | {value} | | {_text(option.help or '')} |")
-    for title in [*(title for _, title in SECTIONS), OTHER_SECTION]:
-        if not by_section.get(title):
-            continue
-        lines += ["", f"## {title}", "", *header]
-        for config_field in by_section[title]:
-            if config_field.kind == "bool":
-                flag, value = f"{_code(config_field.flag)} / {_code('--no-' + config_field.flag[2:])}", ""
-            else:
-                flag = _code(config_field.flag)
-                value = " ".join(_code(c) for c in config_field.choices or ()) or config_field.kind
-            default = _shown_default(config_field)
-            lines.append(
-                f'| <span id="{config_field.name}"></span>{flag} | {value} | {"" if default is None else _default(default)} '
-                f"| {_text(config_field.help)} |"
-            )
-    return "\n".join(lines) + "\n"
+# The docs' flag reference is built from the same fields, with the defaults the command resolves: flag_reference.py.
