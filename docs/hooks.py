@@ -9,7 +9,8 @@
   Markdown needs a blank line) is given its blank line.
 - `api.md`: the `<!-- edge-grpo-config-fields -->` marker becomes the table of `EdgeGRPOConfig`'s own fields (type,
   default, help), from the dataclass.
-- every page: long inline code with spaces gets the class `wrap`, so that a table's columns fit (docs/assets/extra.css).
+- every page: long inline code with spaces gets the class `wrap`, so that a table's columns fit, and short code
+  without spaces (a flag, a name) the class `nobr`, so that `--eda` never breaks after its dashes (docs/assets/extra.css).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ IMAGE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+)\)")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s")
 CONFIG_FIELDS_MARKER = "<!-- edge-grpo-config-fields -->"
 LONG_CODE = re.compile(r"<code>([^<]*\s[^<]*)</code>")
+SHORT_CODE = re.compile(r"<code>([^<\s]{1,28})</code>")  # a flag or a name: never broken at its hyphens
 
 
 def on_files(files: Files, config) -> Files:
@@ -54,10 +56,11 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 def on_page_content(html: str, page, config, files) -> str:
     """Long inline code with spaces (a default string, a command) may wrap inside a table cell; the rest of a table's
-    code (names, file:line citations) stays on one line (extra.css)."""
-    return LONG_CODE.sub(
+    code (names, file:line citations) stays on one line, and so does short code without spaces anywhere (extra.css)."""
+    html = LONG_CODE.sub(
         lambda m: m.group(0) if len(m.group(1)) <= 26 else f'<code class="wrap">{m.group(1)}</code>', html
     )
+    return SHORT_CODE.sub(r'<code class="nobr">\1</code>', html)
 
 
 def for_the_site(markdown: str) -> str:
