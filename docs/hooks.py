@@ -9,8 +9,8 @@
   Markdown needs a blank line) is given its blank line.
 - `api.md`: the `<!-- edge-grpo-config-fields -->` marker becomes the table of `EdgeGRPOConfig`'s own fields (type,
   default, help), from the dataclass.
-- every page: long inline code with spaces gets the class `wrap`, so that a table's columns fit, and short code
-  without spaces (a flag, a name) the class `nobr`, so that `--eda` never breaks after its dashes (docs/assets/extra.css).
+- every page: inline code breaks between its words, never inside one (`--eda` stays whole), and long code with spaces
+  may wrap inside a table cell, so that a table's columns fit (`on_page_content`, docs/assets/extra.css).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ LINK = re.compile(r"\]\(([^)\s#]+)")  # the target of an image or a link
 IMAGE = re.compile(r"(?<!\[)!\[([^\]]*)\]\(([^)\s]+)\)")
 LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+\.)\s")
 CONFIG_FIELDS_MARKER = "<!-- edge-grpo-config-fields -->"
-LONG_CODE = re.compile(r"<code>([^<]*\s[^<]*)</code>")
-SHORT_CODE = re.compile(r"<code>([^<\s]{1,28})</code>")  # a flag or a name: never broken at its hyphens
+INLINE_CODE = re.compile(r"<code>([^<\n]+)</code>")  # inline code, plain text (a code block's code holds tags)
 
 
 def on_files(files: Files, config) -> Files:
@@ -55,12 +54,19 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
 
 
 def on_page_content(html: str, page, config, files) -> str:
-    """Long inline code with spaces (a default string, a command) may wrap inside a table cell; the rest of a table's
-    code (names, file:line citations) stays on one line, and so does short code without spaces anywhere (extra.css)."""
-    html = LONG_CODE.sub(
-        lambda m: m.group(0) if len(m.group(1)) <= 26 else f'<code class="wrap">{m.group(1)}</code>', html
-    )
-    return SHORT_CODE.sub(r'<code class="nobr">\1</code>', html)
+    """Inline code breaks between its words, never inside one: `--eda` or `Qwen/Qwen2.5-Math-1.5B` stay whole (short
+    code without spaces gets the class `nobr`; in code with spaces each word is a `nobr` span). Long code with spaces
+    (a default string, a command) gets the class `wrap`, so that it may wrap inside a table cell (extra.css)."""
+    return INLINE_CODE.sub(_inline_code, html)
+
+
+def _inline_code(match: re.Match) -> str:
+    text = match.group(1)
+    words = text.split(" ")
+    if len(words) == 1:
+        return f'<code class="nobr">{text}</code>' if len(text) <= 44 else match.group(0)
+    spans = " ".join(f'<span class="nobr">{word}</span>' if 1 < len(word) <= 44 else word for word in words)
+    return f'<code class="wrap">{spans}</code>' if len(text) > 26 else f"<code>{spans}</code>"
 
 
 def for_the_site(markdown: str) -> str:
