@@ -41,10 +41,13 @@ def kl_cov_noop_message(gradient_accumulation_steps: int, steps_per_generation: 
     )
 
 
-def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
+def validate_edge_fields(
+    config: Any, cov_modes: tuple[str, ...], step_modes: tuple[str, ...] = ("clip_cov", "kl_cov")
+) -> None:
     """Check the edge-trl fields of ``config`` (any object with the fields as attributes); normalises ``cov_mode``.
 
-    ``cov_modes`` are the valid modes besides 'none' (the keys of ``core_algos.COV_MODES``). Raises ``ValueError``
+    ``cov_modes`` are the valid modes besides 'none' (the registered ones, ``methods.covariance.COV_MODES``);
+    ``step_modes`` those that support ``cov_scope='step'``. Raises ``ValueError``
     naming the field and the fix.
     """
     config.cov_mode = normalize_cov_mode(config.cov_mode)
@@ -107,9 +110,9 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
             f"cov_scope={config.cov_scope!r} is not supported: use 'micro_batch' (per micro-batch, the authors' code) "
             "or 'step' (once per optimizer step, independent of the micro-batch split)."
         )
-    if config.cov_scope == "step" and config.cov_mode not in ("none", "clip_cov", "kl_cov"):
+    if config.cov_scope == "step" and config.cov_mode not in ("none", *step_modes):
         raise ValueError(
-            f"cov_scope='step' selects tokens for the built-in clip_cov and kl_cov only, not cov_mode="
+            f"cov_scope='step' selects tokens for {', '.join(step_modes)} only, not cov_mode="
             f"{config.cov_mode!r}: set cov_scope='micro_batch'."
         )
     if config.cov_scope == "step" and config.cov_mode != "none":
