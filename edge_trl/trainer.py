@@ -157,7 +157,6 @@ class EdgeGRPOTrainer(GRPOTrainer):
         self._stop_at_end_of_turn()
         if self.use_vllm:  # the weight sync of vLLM's CPU backend (a no-op elsewhere)
             vllm_support.adapt_vllm_generation(self)
-        self._step_selection: dict[int, torch.Tensor] = {}  # cov_scope='step': selected tokens per micro-step
         for method in self._methods:
             method.setup(self, kwargs.get("train_dataset"))
 

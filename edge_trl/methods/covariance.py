@@ -176,6 +176,9 @@ class Covariance(Method):
     def card_settings(self, args: Any) -> dict[str, Any]:
         return {"cov_mode": args.cov_mode, "cov_scope": args.cov_scope}
 
+    def setup(self, trainer: Any, train_dataset: Any) -> None:
+        trainer._step_selection = {}  # cov_scope='step': the selected tokens of each micro-step of the current step
+
     def after_rollout(self, trainer: Any, output: dict[str, Any]) -> None:
         import torch
 
