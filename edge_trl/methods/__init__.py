@@ -5,7 +5,8 @@ A method is a :class:`Method` subclass registered with :func:`register_method`. 
 * ``fields``: a dataclass of its config fields (help, choices in ``metadata``), mixed into ``EdgeGRPOConfig`` for
   the built-in methods; a user's method declares its own and they become flags, recipe keys and ``--set`` keys;
 * ``presets``: its ``--method`` presets (name -> ``EdgeGRPOConfig`` values) and ``label``: its name on a model card;
-* ``papers`` / ``card_settings``: the settings its model card shows and the papers it cites;
+* ``papers`` / ``card_settings``: the papers its model card cites (keys of ``edge_trl.model_card.PAPERS`` or
+  ``Paper`` objects of its own) and the settings it shows;
 * its hooks at the trainer's seams (:class:`Method` lists them); the math lives in ``edge_trl.core_algos``.
 
 ``EdgeGRPOTrainer`` calls the hooks of every registered method, in registration order, and holds no method's code.
