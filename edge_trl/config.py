@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from edge_trl.methods import METHODS, method_fields
+from edge_trl.methods import method_fields
 from edge_trl.methods.clip_cov import ClipCovFields
-from edge_trl.methods.covariance import COV_MODES, CovarianceFields, step_scope_modes
+from edge_trl.methods.covariance import COV_MODES, CovarianceFields
 from edge_trl.methods.dynamic_sampling import DynamicSamplingFields
 from edge_trl.methods.eda import EDAFields
 from edge_trl.methods.force_reflection import ForceReflectionFields
@@ -101,7 +101,7 @@ class EdgeGRPOConfig(
 
     def _validate_edge(self) -> None:
         """The checks of the edge-trl fields (in `edge_trl.validation`, which the CLI runs without importing trl)."""
-        validate_edge_fields(self, cov_modes=tuple(COV_MODES), step_modes=step_scope_modes())
+        validate_edge_fields(self, cov_modes=tuple(COV_MODES))
         if self.reward_kwargs is not None and not (
             isinstance(self.reward_kwargs, dict) and all(isinstance(v, dict) for v in self.reward_kwargs.values())
         ):
@@ -116,8 +116,6 @@ class EdgeGRPOConfig(
                 f"method_kwargs has {unknown}, which no registered method declares (their fields: "
                 f"{sorted(known) or 'none'}): import or --plugin the module that registers the method, or fix the name."
             )
-        for method in METHODS.values():
-            method.validate(self)
 
     @property
     def gec_correction_active(self) -> bool:

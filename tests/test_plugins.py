@@ -99,6 +99,10 @@ def test_a_plugin_from_the_command_line_dry_run(plugin_files, tiny_model_path, d
     assert "plugin:" in result.output and "length_penalty" in result.output
     bad = runner.invoke(app, ["train", "--plugin", str(method), "--entropy-stop-ratio", "x", "--dry-run"])
     assert bad.exit_code == 2 and "entropy_stop_ratio" in bad.output
+    # the plugin's own check runs before any process starts
+    common = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--dry-run"]
+    refused = runner.invoke(app, ["train", "--plugin", str(method), "--entropy-stop-ratio", "2", *common])
+    assert refused.exit_code == 2 and "entropy_stop_ratio=2.0 must be a share of tokens" in refused.output
 
 
 @pytest.mark.slow

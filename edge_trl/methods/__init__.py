@@ -79,10 +79,16 @@ class Method:
 
     def card_settings(self, args: Any) -> dict[str, Any]:
         """The settings its model card shows when active: by default every field of the method."""
-        return dict(dataclasses.asdict(method_params(args, self)))
+        return dict(dataclasses.asdict(self.params(args)))
 
     def validate(self, config: Any) -> None:
-        """Checks of its fields on a built config (raise ValueError naming the field and the fix)."""
+        """Checks of its fields (raise ValueError naming the field and the fix). ``config`` is an ``EdgeGRPOConfig``,
+        or the resolved settings of ``edge-trl train`` (checked before any process starts); ``self.params(config)``
+        reads this method's fields from either."""
+
+    def params(self, args: Any) -> Any:
+        """This method's fields with the values of ``args`` (see :func:`method_params`)."""
+        return method_params(args, self)
 
     def on_register(self) -> None:
         """Called once registered (e.g. a covariance mode adds itself to ``COV_MODES``)."""

@@ -53,6 +53,20 @@ class ClipCov(CovMode):
         }
     }
 
+    def validate(self, config: Any) -> None:
+        for name in ("clip_cov_ratio",):
+            value = getattr(config, name)
+            if not 0 < value <= 1:
+                raise ValueError(
+                    f"{name}={value} must be a fraction of tokens in (0, 1], e.g. 2e-3 for 0.2% "
+                    "(not a percentage: 0.2 would select 20% of the tokens)."
+                )
+        if config.clip_cov_lb >= config.clip_cov_ub:
+            raise ValueError(
+                f"clip_cov_lb={config.clip_cov_lb} must be smaller than clip_cov_ub={config.clip_cov_ub}: no covariance "
+                "could fall between them."
+            )
+
     def terms(self, ctx: CovContext) -> CovTerms:
         import torch
 

@@ -22,6 +22,8 @@ from typing import Any, ClassVar
 from edge_trl.methods import METHODS, Method, method_params, register_method
 
 COV_SCOPES = ("micro_batch", "step")
+# Loss types whose per-token loss is -min(r A, clip(r) A) reduced linearly: the ones a covariance mode modifies.
+COV_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 # Key of TRL's batch with each response's position in its rollout (covariance modes: a token's name is its response's
 # position and its own; cov_scope='step' selects by it).
 RESPONSE_IDS_KEY = "edge_response_ids"
@@ -178,6 +180,40 @@ class Covariance(Method):
 
     def setup(self, trainer: Any, train_dataset: Any) -> None:
         trainer._step_selection = {}  # cov_scope='step': the selected tokens of each micro-step of the current step
+
+    def validate(self, config: Any) -> None:
+        if config.cov_mode != "none":
+            if config.loss_type not in COV_LOSS_TYPES:
+                raise ValueError(
+                    f"cov_mode={config.cov_mode!r} cannot modify the per-token loss of loss_type={config.loss_type!r}: "
+                    f"use loss_type in {COV_LOSS_TYPES} or set cov_mode='none'."
+                )
+            if getattr(config, "use_liger_loss", False):
+                raise ValueError(
+                    f"cov_mode={config.cov_mode!r} needs TRL's per-token loss, which the fused Liger GRPO loss skips: "
+                    "set use_liger_loss=False."
+                )
+        if config.cov_scope not in COV_SCOPES:
+            raise ValueError(
+                f"cov_scope={config.cov_scope!r} is not supported: use 'micro_batch' (per micro-batch, the authors' code) "
+                "or 'step' (once per optimizer step, independent of the micro-batch split)."
+            )
+        if config.cov_scope == "step" and config.cov_mode not in ("none", *step_scope_modes()):
+            raise ValueError(
+                f"cov_scope='step' selects tokens for {', '.join(step_scope_modes())} only, not cov_mode="
+                f"{config.cov_mode!r}: set cov_scope='micro_batch'."
+            )
+        if config.cov_scope == "step" and config.cov_mode != "none":
+            accumulation = getattr(config, "gradient_accumulation_steps", None) or 1
+            steps_per_generation = getattr(config, "steps_per_generation", None) or accumulation  # TRL's default
+            generate_every = steps_per_generation * (getattr(config, "num_iterations", None) or 1)
+            if generate_every % accumulation != 0:
+                raise ValueError(
+                    f"cov_scope='step' needs every optimizer step inside one rollout: steps_per_generation * "
+                    f"num_iterations = {generate_every} must be a multiple of gradient_accumulation_steps="
+                    f"{accumulation}. Set steps_per_generation to a multiple of "
+                    "gradient_accumulation_steps (the default, equal), or cov_scope='micro_batch'."
+                )
 
     def after_rollout(self, trainer: Any, output: dict[str, Any]) -> None:
         import torch

@@ -86,6 +86,17 @@ class DynamicSampling(Method):
         # Generation batches drawn so far (the run's prompt position in the sampler's order, saved with checkpoints).
         trainer._ds_batches_drawn = 0
 
+    def validate(self, config: Any) -> None:
+        if config.max_num_gen_batches < 0:
+            raise ValueError(
+                f"max_num_gen_batches={config.max_num_gen_batches} must be >= 0 (0 = unlimited; verl's default is 10)."
+            )
+        if config.dynamic_sampling and not str(config.dynamic_sampling_metric or "").strip():
+            raise ValueError(
+                "dynamic_sampling_metric is empty: name a reward function (e.g. 'accuracy_reward') or 'reward' for the "
+                "weighted sum of all rewards."
+            )
+
     def rollout(self, trainer: Any) -> dict[str, Any] | None:
         return dynamic_sampling_rollout(trainer) if trainer.model.training else None
 

@@ -10,6 +10,7 @@ training micro-batch gathered across processes, from the training forward. The f
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -122,6 +123,27 @@ class EDA(Method):
 
     def card_settings(self, args: Any) -> dict[str, Any]:
         return {"eda": args.eda, "eda_scope": args.eda_scope, "eda_max_scale": args.eda_max_scale}
+
+    def validate(self, config: Any) -> None:
+        if config.eda_scope not in EDA_SCOPES:
+            raise ValueError(f"eda_scope={config.eda_scope!r} is not supported: use 'group' or 'batch'.")
+        if not (config.eda_entropy_floor > 0 and math.isfinite(config.eda_entropy_floor)):
+            raise ValueError(f"eda_entropy_floor={config.eda_entropy_floor} must be a positive number, such as 1e-6.")
+        for name in ("eda_min_scale", "eda_max_scale"):
+            value = getattr(config, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name}={value} must be a positive number or None (no clamp).")
+        if (
+            config.eda_min_scale is not None
+            and config.eda_max_scale is not None
+            and config.eda_min_scale > config.eda_max_scale
+        ):
+            raise ValueError(
+                f"eda_min_scale={config.eda_min_scale} is larger than eda_max_scale={config.eda_max_scale}: "
+                "set eda_min_scale <= eda_max_scale."
+            )
+        if config.eda and config.eda_scope == "batch" and getattr(config, "use_liger_loss", False):
+            raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
 
     def start_rollout(self, trainer: Any, rollout: Any) -> None:
         if trainer.args.eda_scope == "group":

@@ -194,6 +194,30 @@ class GEC(Method):
             "gec_cue_in_budget": args.gec_cue_in_budget,
         }  # fmt: skip
 
+    def validate(self, config: Any) -> None:
+        probs = {name: getattr(config, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
+        for name, value in probs.items():
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name}={value} must be a probability in [0, 1].")
+        if abs(sum(probs.values()) - 1.0) > 1e-6:
+            raise ValueError(
+                f"gec_reflect_prob + gec_answer_prob + gec_solution_prob = {sum(probs.values()):g} must be 1 "
+                "(the paper: 0.5, 0.25, 0.25)."
+            )
+        if "{answer}" not in config.gec_answer_template:
+            raise ValueError(
+                f"gec_answer_template={config.gec_answer_template!r} has no '{{answer}}' placeholder: add one where the "
+                "reference answer goes, e.g. '... the correct answer is \\boxed{{answer}}.'"
+            )
+        if config.gec_max_new_tokens < 1:
+            raise ValueError(f"gec_max_new_tokens={config.gec_max_new_tokens} must be >= 1.")
+        if (
+            (config.gec or config.force_reflection)
+            and config.use_vllm
+            and config.vllm_mode not in ("server", "colocate")
+        ):
+            raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={config.vllm_mode!r}.")
+
     def setup(self, trainer: Any, train_dataset: Any) -> None:
         args = trainer.args
         if trainer.tools or trainer.rollout_func is not None or trainer.environment_factories is not None:

@@ -60,6 +60,17 @@ class KLCov(CovMode):
         }
     }
 
+    def validate(self, config: Any) -> None:
+        for name in ("kl_cov_ratio",):
+            value = getattr(config, name)
+            if not 0 < value <= 1:
+                raise ValueError(
+                    f"{name}={value} must be a fraction of tokens in (0, 1], e.g. 2e-3 for 0.2% "
+                    "(not a percentage: 0.2 would select 20% of the tokens)."
+                )
+        if config.kl_cov_coef < 0:
+            raise ValueError(f"kl_cov_coef={config.kl_cov_coef} must be >= 0.")
+
     def terms(self, ctx: CovContext) -> CovTerms:
         from edge_trl.core_algos import kl_cov_mask, kl_cov_penalty, token_covariance
 

@@ -28,7 +28,7 @@ class EntropyStop(CovMode):
     presets: ClassVar[dict] = {"entropy-stop": {"cov_mode": "entropy_stop"}}  # --method entropy-stop
 
     def validate(self, config):
-        ratio = (config.method_kwargs or {}).get("entropy_stop_ratio", 0.2)
+        ratio = self.params(config).entropy_stop_ratio
         if not 0 < ratio <= 1:
             raise ValueError(f"entropy_stop_ratio={ratio} must be a share of tokens in (0, 1].")
 
