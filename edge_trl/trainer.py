@@ -146,6 +146,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
         # State shared between the hooks of one call (see _RolloutState / _LossState); None outside that call.
         self._rollout: _RolloutState | None = None
         self._loss: _LossState | None = None
+        self.reward_specs: list[Any] = []
         if reward_funcs is not None:
             funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
             reward_funcs = bind_reward_kwargs(funcs, args.reward_kwargs)  # once, the same from Python and the CLI
