@@ -87,7 +87,7 @@ def test_the_flag_cache_and_the_flags_see_a_plugin(plugin_files, monkeypatch, tm
     assert config_schema.cache_key() != with_plugin  # the cache is keyed on the plugin's file
 
 
-def test_a_plugin_from_the_command_line_dry_run(plugin_files, tiny_model_path, data_file):
+def test_a_plugin_from_the_command_line_dry_run(tmp_path, plugin_files, tiny_model_path, data_file):
     method, reward = plugin_files
     result = runner.invoke(app, [
         "train", "--plugin", str(method), "--method", "entropy-stop", "--entropy-stop-ratio", "0.3",
@@ -99,6 +99,13 @@ def test_a_plugin_from_the_command_line_dry_run(plugin_files, tiny_model_path, d
     assert "plugin:" in result.output and "length_penalty" in result.output
     bad = runner.invoke(app, ["train", "--plugin", str(method), "--entropy-stop-ratio", "x", "--dry-run"])
     assert bad.exit_code == 2 and "entropy_stop_ratio" in bad.output
+    # a recipe names the plugin and sets its field like any other key
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"plugin: {method}\nmethod: entropy-stop\nentropy_stop_ratio: 0.4\n")
+    from_recipe = runner.invoke(app, ["train", "--config", str(recipe), "--model", str(tiny_model_path),
+                                      "--dataset", str(data_file), "--dry-run"])  # fmt: skip
+    assert from_recipe.exit_code == 0, from_recipe.output
+    assert "entropy_stop_ratio: 0.4" in from_recipe.output and "cov_mode: entropy_stop" in from_recipe.output
     # the plugin's own check runs before any process starts
     common = ["--model", str(tiny_model_path), "--dataset", str(data_file), "--dry-run"]
     refused = runner.invoke(app, ["train", "--plugin", str(method), "--entropy-stop-ratio", "2", *common])
