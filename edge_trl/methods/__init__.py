@@ -79,7 +79,8 @@ class Method:
 
     def card_settings(self, args: Any) -> dict[str, Any]:
         """The settings its model card shows when active: by default every field of the method."""
-        return dict(dataclasses.asdict(self.params(args)))
+        params = self.params(args)
+        return {} if params is None else dataclasses.asdict(params)
 
     def validate(self, config: Any) -> None:
         """Checks of its fields (raise ValueError naming the field and the fix). ``config`` is an ``EdgeGRPOConfig``,
