@@ -50,7 +50,9 @@ BASE: dict[str, Any] = {
     "seed": 0,
     "disable_tqdm": True,
 }
-GEC = {"gec_max_new_tokens": 30, "gec_answer_template": " \\boxed{{answer}}", "gec_reflection_cue": " Wait!"}
+# length_reward decides correctness (named: it is no registered correctness reward); below 1, every response is wrong.
+GEC = {"gec_max_new_tokens": 30, "gec_answer_template": " \\boxed{{answer}}", "gec_reflection_cue": " Wait!",
+       "gec_reward_name": "length_reward"}  # fmt: skip
 METHODS: dict[str, dict[str, Any]] = {
     "eda_group": {"eda": True},
     "eda_batch": {"eda": True, "eda_scope": "batch"},
