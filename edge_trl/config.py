@@ -38,6 +38,8 @@ class EdgeGRPOConfig(GRPOConfig):
         cov_scope
     Faults in reward functions:
         reward_timeout
+    The entropy-performance law R = -a exp(H) + b (Cui et al., arXiv 2505.22617), fitted while training:
+        entropy_law, entropy_law_metric, entropy_law_window, entropy_law_min_r2, entropy_law_metric_max
 
     With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
     """
@@ -233,6 +235,45 @@ class EdgeGRPOConfig(GRPOConfig):
             "help": "Seconds a reward function may take on a batch, then on each completion alone; a completion it "
             "fails on (raises, hangs past this, returns NaN/inf) scores None and is counted in rewards/<name>/faults "
             "(edge_trl.faults)."
+        },
+    )
+
+    # The entropy-performance law (edge_trl.entropy_law): a diagnostic, it changes no update.
+    entropy_law: bool = field(
+        default=False,
+        metadata={
+            "help": "Fit the entropy-performance law R = -a*exp(H) + b (Cui et al.) at every log and log "
+            "entropy_law/{a,b,r2,rmse,points} and, when the fit can be trusted, entropy_law/ceiling (b - a, the R "
+            "reached when entropy is spent) and entropy_law/headroom (ceiling minus the current smoothed R)."
+        },
+    )
+    entropy_law_metric: str = field(
+        default="accuracy_reward",
+        metadata={
+            "help": "Entropy law: the R it fits. A reward function's name (default 'accuracy_reward') or 'reward' "
+            "(the weighted sum) means its logged mean on training rollouts, or on the held-out evaluation "
+            "(eval_rewards/<name>/mean) when the run evaluates (eval_strategy); any logged key (containing '/', "
+            "or starting with 'eval_') is used as it is."
+        },
+    )
+    entropy_law_window: int = field(
+        default=10,
+        metadata={
+            "help": "Entropy law: logging steps averaged into one (H, R) point (one window per point, so the first "
+            "fit comes after 4 windows); an evaluation metric is paired with the mean entropy of this many logs."
+        },
+    )
+    entropy_law_min_r2: float = field(
+        default=0.5,
+        metadata={
+            "help": "Entropy law: below this R² the fit is flagged (entropy_law/poor_fit) and no ceiling logged."
+        },
+    )
+    entropy_law_metric_max: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "Entropy law: the metric's highest possible value (1.0 for an accuracy); a fitted ceiling above "
+            "it is flagged (entropy_law/ceiling_above_max) and not logged. None: no known maximum."
         },
     )
 

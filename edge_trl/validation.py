@@ -133,6 +133,8 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
             "weighted sum of all rewards."
         )
 
+    validate_entropy_law_fields(config)
+
     probs = {name: getattr(config, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
     for name, value in probs.items():
         if not 0 <= value <= 1:
@@ -151,3 +153,27 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
         raise ValueError(f"gec_max_new_tokens={config.gec_max_new_tokens} must be >= 1.")
     if (config.gec or config.force_reflection) and config.use_vllm and config.vllm_mode not in ("server", "colocate"):
         raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={config.vllm_mode!r}.")
+
+
+def validate_entropy_law_fields(config: Any) -> None:
+    """The entropy-law fields (checked whether or not ``entropy_law`` is on, so a recipe's typo shows at once)."""
+    if not isinstance(config.entropy_law_window, int) or config.entropy_law_window < 1:
+        raise ValueError(
+            f"entropy_law_window={config.entropy_law_window} must be a whole number of logging steps >= 1 (e.g. 10): "
+            "how many logs are averaged into one point of the fit."
+        )
+    if not str(config.entropy_law_metric or "").strip():
+        raise ValueError(
+            "entropy_law_metric is empty: name a reward function (e.g. 'accuracy_reward'), 'reward' for the weighted "
+            "sum, or a logged key such as 'eval_rewards/accuracy_reward/mean'."
+        )
+    if not (math.isfinite(config.entropy_law_min_r2) and config.entropy_law_min_r2 <= 1):
+        raise ValueError(
+            f"entropy_law_min_r2={config.entropy_law_min_r2} must be a number <= 1 (e.g. 0.5): fits with a lower R² "
+            "are flagged as poor."
+        )
+    if config.entropy_law_metric_max is not None and not math.isfinite(config.entropy_law_metric_max):
+        raise ValueError(
+            f"entropy_law_metric_max={config.entropy_law_metric_max} must be a finite number (1.0 for an accuracy) "
+            "or None (no known maximum)."
+        )
