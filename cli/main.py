@@ -119,6 +119,11 @@ def law(
     metrics = metric or default_metrics(history)
     if not metrics:
         _fail(f"{run} logged no accuracy, reward or held-out metric: name one with --metric.")
+    logged = {key for entry in history for key in entry}
+    for key in metrics:
+        if key not in logged:
+            candidates = sorted(k for k in logged if "reward" in k or k.startswith(("eval_", "held_out/")))
+            _fail(f"{run} never logged {key!r}: give --metric one of its logged keys, e.g. {', '.join(candidates)}.")
     logs = window or auto_window(history)
     analyses = [analyse(history, key, logs, prefix, min_r2, metric_max) for key in metrics]
     for analysis in analyses:

@@ -311,7 +311,8 @@ class EntropyLawCallback(TrainerCallback):  # type: ignore[misc,valid-type]
         return cls(metric, args.entropy_law_window, args.entropy_law_min_r2, args.entropy_law_metric_max)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-        if logs is None or not state.log_history:
+        # Only logs that bring a point's data (not the end-of-training summary, nor an evaluation of another metric).
+        if logs is None or not state.log_history or (ENTROPY_KEY not in logs and self.metric not in logs):
             return
         history = state.log_history
         # The trainer appended this log to the history before calling back; the law's own keys are not inputs.

@@ -23,6 +23,8 @@ from edge_trl.entropy_law import (
     prefix_forecast,
 )
 
+from _helpers import SCRIPTS, launch_two_ranks
+
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED_RUN = REPO / "benchmarks" / "results" / "evidence2" / "entropy" / "runs" / "grpo-0.json"
 runner = CliRunner()
@@ -179,3 +181,47 @@ def test_law_command_on_a_checkpoint_folder_and_an_output_folder(tmp_path):
         assert result.exit_code == 0, result.output
         assert "rewards/accuracy_reward/mean" in result.output and "ceiling 0.70" in result.output
         assert "R² 1.000" in result.output
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_law_identically_and_resume_it(tmp_path, tiny_model_path):
+    ranks = launch_two_ranks(tiny_model_path, tmp_path, None, 29541, script=SCRIPTS / "entropy_law_two_ranks.py")
+    full = [r["full"] for r in ranks]
+    law = [
+        [{k: v for k, v in e.items() if k.startswith("entropy_law/")} | {"step": e["step"]} for e in h] for h in full
+    ]
+    fitted = [e for e in law[0] if "entropy_law/a" in e]
+    # One point per log (window 1): the first fit at the 4th log, then at every log.
+    assert [e["step"] for e in fitted] == [4, 5, 6]
+    assert [e["entropy_law/points"] for e in fitted] == [4.0, 5.0, 6.0]
+    assert law[0] == law[1]  # the same on both processes (computed from the averaged logs)
+    # The logged values are the fit of the logged points: recomputed here from the history.
+    for entry in fitted:
+        history = [e for e in full[0] if e["step"] <= entry["step"]]
+        _, hs, rs = law_points(history, "rewards/digit_share_reward/mean", window=1)
+        fit = fit_entropy_law(hs, rs)
+        assert entry["entropy_law/a"] == pytest.approx(fit.a) and entry["entropy_law/r2"] == pytest.approx(fit.r2)
+        assert ("entropy_law/ceiling" in entry) == (fit.a > 0)
+    # The resumed run (from checkpoint-3) logs the same law at steps 4-6 as the uninterrupted run.
+    resumed = [e for e in ranks[0]["resumed"] if "entropy_law/a" in e]
+    assert [e["step"] for e in resumed] == [4, 5, 6]
+    for before, after in zip(fitted, resumed, strict=True):
+        for key, value in before.items():
+            assert after[key] == pytest.approx(value, rel=1e-6), key
+    # `edge-trl law` on the real run folder (its newest checkpoint) prints the fit the callback logged last.
+    last = fitted[-1]
+    result = runner.invoke(app, ["law", str(tmp_path / "full"), "--window", "1", "--metric", "digit_share_reward"])
+    assert result.exit_code == 2 and "never logged 'digit_share_reward'" in result.output  # a name, not a logged key
+    assert "rewards/digit_share_reward/mean" in result.output  # listed among the keys it could fit
+    key = "rewards/digit_share_reward/mean"
+    result = runner.invoke(app, ["law", str(tmp_path / "full" / "checkpoint-6"), "--window", "1", "--metric", key])
+    assert result.exit_code == 0, result.output
+    assert f"R = -{last['entropy_law/a']:.3f}*exp(H) + {last['entropy_law/b']:.3f}" in result.output
+
+
+def test_plot_draws_the_law_panel_next_to_the_curves(tmp_path):
+    out = tmp_path / "curves.png"
+    result = runner.invoke(app, ["plot", str(COMMITTED_RUN), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "entropy law: R against H" in result.output and "entropy" in result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
