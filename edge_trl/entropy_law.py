@@ -1,12 +1,13 @@
 r"""The entropy–performance law of RL on language models, fitted to a run (Cui et al., arXiv 2505.22617).
 
-Over an RL run, downstream performance R and policy entropy H follow (the paper's equation 3, section 2.2)
+Over an RL run, downstream performance R and policy entropy H follow (the paper's first result, its predictable
+entropy-performance transformation)
 
 .. math::  R = -a \, e^{H} + b
 
 so performance is bought with entropy, and once entropy is spent (H = 0) it stops at the **ceiling** R = b - a.
 The paper fits a and b on the first 36 steps of a run and predicts the next 200 within about 1% RMSE, and finds
-a and b set by the model and the data, barely by the RL algorithm (section 2.3).
+a and b set by the model and the data, barely by the RL algorithm.
 
 The law is linear in x = e^H (R = b - a x), so the fit is ordinary least squares in x. Everything here is plain
 Python on (H, R) points, free of torch and trl:
@@ -16,7 +17,8 @@ Python on (H, R) points, free of torch and trl:
   over windows of logging steps;
 * :func:`prefix_forecast`: fit on the first share of a run, predict the rest, and score the prediction against two
   baselines (the last value carried forward, and a straight line in H);
-* :class:`EntropyLawCallback`: refits at every log of a training run and logs ``entropy_law/*``.
+* :func:`law_logs`: what ``edge_trl.entropy_law_callback.EntropyLawCallback`` adds to each log of a training run
+  (kept apart, so that `edge-trl law` does not import transformers).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def _no_fit(n: int, reason: str) -> LawFit:
 
 
 def fit_entropy_law(entropies: Sequence[float], rewards: Sequence[float], min_points: int = MIN_POINTS) -> LawFit:
-    r"""Fit R = -a e^H + b by least squares in x = e^H (Cui et al. 2025, equation 3).
+    r"""Fit R = -a e^H + b by least squares in x = e^H (Cui et al. 2025, arXiv 2505.22617).
 
     With x = e^H: a = -cov(x, R) / var(x), b = mean(R) + a mean(x); the ceiling is b - a; R² = 1 - SS_res / SS_tot
     and RMSE = sqrt(SS_res / n) on the fitted points.
@@ -264,7 +266,7 @@ def metric_key(metric: str, reward_names: Sequence[str], evaluates: bool) -> str
 def law_logs(
     history: Sequence[dict[str, Any]], metric: str, window: int, min_r2: float, metric_max: float | None
 ) -> dict[str, float]:
-    """What :class:`EntropyLawCallback` logs for a history: empty until the points give a fit.
+    """What ``EntropyLawCallback`` logs for a history: empty until the points give a fit.
 
     ``entropy_law/{a,b,r2,rmse,points}`` with every fit; ``entropy_law/ceiling`` and ``entropy_law/headroom`` (the
     ceiling minus the last point's R) only when :func:`judge` says 'ok'; otherwise a 1.0 under
@@ -283,40 +285,3 @@ def law_logs(
     else:
         logs[f"{PREFIX}{verdict}"] = 1.0
     return logs
-
-
-try:  # the callback needs transformers; the fit and the points above do not
-    from transformers import TrainerCallback
-except ImportError:  # pragma: no cover - transformers is a dependency of edge-trl
-    TrainerCallback = object  # type: ignore[assignment,misc]
-
-
-class EntropyLawCallback(TrainerCallback):  # type: ignore[misc,valid-type]
-    """Refits the law at every log and adds ``entropy_law/*`` to that log (see :func:`law_logs`).
-
-    It reads only ``state.log_history``, whose metrics TRL has already averaged over processes, so every process logs
-    the same values, and a resumed run (whose history comes back from the checkpoint) the same values as an
-    uninterrupted one. It must run before the callbacks that report logs (the trainer puts it first).
-    """
-
-    def __init__(self, metric: str, window: int, min_r2: float, metric_max: float | None) -> None:
-        self.metric, self.window, self.min_r2, self.metric_max = metric, window, min_r2, metric_max
-
-    @classmethod
-    def for_trainer(cls, trainer: Any) -> EntropyLawCallback:
-        args = trainer.args
-        strategy = getattr(args, "eval_strategy", "no")
-        evaluates = getattr(strategy, "value", strategy) != "no"
-        metric = metric_key(args.entropy_law_metric, list(trainer.reward_func_names), evaluates)
-        return cls(metric, args.entropy_law_window, args.entropy_law_min_r2, args.entropy_law_metric_max)
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
-        # Only logs that bring a point's data (not the end-of-training summary, nor an evaluation of another metric).
-        if logs is None or not state.log_history or (ENTROPY_KEY not in logs and self.metric not in logs):
-            return
-        history = state.log_history
-        # The trainer appended this log to the history before calling back; the law's own keys are not inputs.
-        update = law_logs(history, self.metric, self.window, self.min_r2, self.metric_max)
-        if update:
-            logs.update(update)
-            history[-1].update(update)

@@ -194,7 +194,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
             self._setup_dynamic_sampling(kwargs.get("train_dataset"))
         self._step_selection: dict[int, torch.Tensor] = {}  # cov_scope='step': selected tokens per micro-step
         if self.args.entropy_law:  # the entropy-performance law (edge_trl.entropy_law), refitted at every log
-            from edge_trl.entropy_law import EntropyLawCallback
+            from edge_trl.entropy_law_callback import EntropyLawCallback
 
             # First in line: the callbacks that print or report a log (TensorBoard, W&B) then see entropy_law/*.
             self.callback_handler.callbacks.insert(0, EntropyLawCallback.for_trainer(self))

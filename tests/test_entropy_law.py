@@ -225,3 +225,15 @@ def test_plot_draws_the_law_panel_next_to_the_curves(tmp_path):
     assert result.exit_code == 0, result.output
     assert "entropy law: R against H" in result.output and "entropy" in result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_trainer_names_an_unknown_law_metric(tmp_path, tiny_model_path):
+    from edge_trl import EdgeGRPOTrainer
+    from edge_trl.testing import digit_share_reward, tiny_addition_dataset
+
+    from _helpers import tiny_config
+
+    args = tiny_config(tmp_path, entropy_law=True)  # default metric: accuracy_reward, not among the rewards
+    with pytest.raises(ValueError, match="entropy_law_metric='accuracy_reward' is not one of the reward functions"):
+        EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args,
+                        train_dataset=tiny_addition_dataset(8))  # fmt: skip
