@@ -1,9 +1,9 @@
-r"""The entropy–performance law of RL on language models, fitted to a run (Cui et al., arXiv 2505.22617).
+"""The entropy–performance law of RL on language models, fitted to a run (Cui et al., arXiv 2505.22617).
 
 Over an RL run, downstream performance R and policy entropy H follow (the paper's first result, its predictable
 entropy-performance transformation)
 
-.. math::  R = -a \, e^{H} + b
+    R = -a * exp(H) + b
 
 so performance is bought with entropy, and once entropy is spent (H = 0) it stops at the **ceiling** R = b - a.
 The paper fits a and b on the first 36 steps of a run and predicts the next 200 within about 1% RMSE, and finds
