@@ -237,3 +237,28 @@ def test_trainer_names_an_unknown_law_metric(tmp_path, tiny_model_path):
     with pytest.raises(ValueError, match="entropy_law_metric='accuracy_reward' is not one of the reward functions"):
         EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args,
                         train_dataset=tiny_addition_dataset(8))  # fmt: skip
+
+
+def test_a_run_that_evaluates_fits_the_held_out_metric(tmp_path, tiny_model_path):
+    from edge_trl import EdgeGRPOTrainer
+    from edge_trl.testing import digit_share_reward, tiny_addition_dataset
+
+    from _helpers import tiny_config
+
+    args = tiny_config(
+        tmp_path, max_steps=5, eval_strategy="steps", eval_steps=1, per_device_eval_batch_size=8, entropy_law=True,
+        entropy_law_metric="digit_share_reward", entropy_law_window=1, entropy_law_min_r2=-1e9,
+    )  # fmt: skip
+    trainer = EdgeGRPOTrainer(str(tiny_model_path), reward_funcs=digit_share_reward, args=args,
+                              train_dataset=tiny_addition_dataset(32), eval_dataset=tiny_addition_dataset(8))  # fmt: skip
+    trainer.train()
+    history = trainer.state.log_history
+    key = "eval_rewards/digit_share_reward/mean"
+    # Refitted at each evaluation from the 4th on; the training logs between carry the latest fit.
+    fitted = [e for e in history if "entropy_law/a" in e and key in e]
+    assert [(e["step"], e["entropy_law/points"]) for e in fitted] == [(4, 4.0), (5, 5.0)]
+    train_log = next(e for e in history if e["step"] == 5 and "entropy" in e)
+    assert train_log["entropy_law/a"] == fitted[0]["entropy_law/a"]
+    _, hs, rs = law_points(history, key, window=1)
+    assert rs == [e[key] for e in history if key in e]
+    assert fitted[-1]["entropy_law/a"] == pytest.approx(fit_entropy_law(hs, rs).a)
