@@ -12,6 +12,7 @@ from edge_trl.methods.clip_cov import ClipCovFields
 from edge_trl.methods.covariance import COV_MODES, CovarianceFields
 from edge_trl.methods.dynamic_sampling import DynamicSamplingFields
 from edge_trl.methods.eda import EDAFields
+from edge_trl.methods.entropy_law import EntropyLawFields
 from edge_trl.methods.force_reflection import ForceReflectionFields
 from edge_trl.methods.gec import GECFields
 from edge_trl.methods.kl_cov import KLCovFields
@@ -36,6 +37,7 @@ class EdgeGRPOConfig(
     GECFields,
     ForceReflectionFields,
     DynamicSamplingFields,
+    EntropyLawFields,
     GRPOConfig,
 ):
     r"""Configuration for [`EdgeGRPOTrainer`]: every [`trl.GRPOConfig`] field, plus the fields each built-in method
@@ -57,6 +59,8 @@ class EdgeGRPOConfig(
         reward_timeout, reward_kwargs
     Methods registered from a user's module (``--plugin``):
         method_kwargs
+    The entropy-performance law R = -a exp(H) + b (Cui et al., arXiv 2505.22617), fitted while training:
+        entropy_law, entropy_law_metric, entropy_law_window, entropy_law_min_r2, entropy_law_metric_max
 
     With every feature off (the defaults) the trainer is numerically identical to `trl.GRPOTrainer`.
     """

@@ -118,6 +118,7 @@ class EdgeGRPOTrainer(GRPOTrainer):
     ``accuracy_before``/``accuracy_after``, ``collapsed_group_share_before``/``collapsed_group_share_after`` and
     ``mean_length_before``. With GEC, TRL's ``completions/*`` length metrics and ``num_tokens`` count the corrected
     completions, the ones trained on.
+    With ``entropy_law=True``, the fitted entropy-performance law under ``entropy_law/`` (:mod:`edge_trl.entropy_law`).
 
     With GEC, reward functions run twice on a training rollout: once to find the wrong responses, once on the
     corrected ones (the rewards TRL trains on).

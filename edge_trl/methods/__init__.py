@@ -223,8 +223,18 @@ def loaded_plugin_files() -> list[Path]:
 
 
 def _register_builtin() -> None:
-    # Registration order is hook order: EDA, GEC (and forced reflection), dynamic sampling, covariance modes.
-    for module in ("eda", "gec", "force_reflection", "dynamic_sampling", "covariance", "clip_cov", "kl_cov"):
+    # Registration order is hook order: EDA, GEC (and forced reflection), dynamic sampling, covariance modes, and the
+    # entropy law (a diagnostic).
+    for module in (
+        "eda",
+        "gec",
+        "force_reflection",
+        "dynamic_sampling",
+        "covariance",
+        "clip_cov",
+        "kl_cov",
+        "entropy_law",
+    ):
         importlib.import_module(f"edge_trl.methods.{module}")
 
 
