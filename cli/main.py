@@ -2,7 +2,8 @@
 
 `train` (built in `train_command.py`, one flag per config field) resolves and launches a run through `accelerate
 launch`; `configs` lists the shipped accelerate configs and
-recipes; `eval` scores a model on the math benchmarks; `plot` draws the curves of runs; `env` reports versions.
+recipes; `eval` scores a model on the math benchmarks; `plot` draws the curves of runs; `law` fits the
+entropy-performance law to a run; `env` reports versions.
 """
 
 from __future__ import annotations
@@ -85,6 +86,84 @@ def plot(
     except NotARunError as error:
         _fail(str(error))
     typer.echo(f"wrote {out}: {', '.join(panels)}")
+
+
+@app.command()
+def law(
+    run: Annotated[Path, typer.Argument(help="A run's output folder, a checkpoint folder, or a benchmark run JSON.")],
+    metric: Annotated[
+        list[str] | None,
+        typer.Option(help="A logged key to fit (repeatable; default: the training accuracy and the held-out metric)."),
+    ] = None,
+    window: Annotated[
+        int | None, typer.Option(min=1, help="Entropy logs per point (default: the run cut into about 40 points).")
+    ] = None,
+    prefix: Annotated[
+        float, typer.Option(min=0.01, max=0.99, help="Share of the points the forecast is fitted on.")
+    ] = 0.15,
+    metric_max: Annotated[
+        float | None, typer.Option(help="The metric's highest possible value; a ceiling above it is not one.")
+    ] = 1.0,
+    min_r2: Annotated[float, typer.Option(help="Below this R² the fit is called poor and no ceiling is given.")] = 0.5,
+    out: Annotated[Path | None, typer.Option(help="A PNG of R against H with the fitted law (default: none).")] = None,
+) -> None:
+    """Fit the entropy-performance law R = -a*exp(H) + b (Cui et al.) to a run: a, b, the ceiling, R², and how well
+    a fit on the first share of the run predicts the rest."""
+    from edge_trl.entropy_law import analyse, auto_window, default_metrics
+    from edge_trl.plotting import NotARunError, load_history, plot_law
+
+    try:
+        history = load_history(run)
+    except NotARunError as error:
+        _fail(str(error))
+    metrics = metric or default_metrics(history)
+    if not metrics:
+        _fail(f"{run} logged no accuracy, reward or held-out metric: name one with --metric.")
+    logged = {key for entry in history for key in entry}
+    for key in metrics:
+        if key not in logged:
+            candidates = sorted(k for k in logged if "reward" in k or k.startswith(("eval_", "held_out/")))
+            _fail(f"{run} never logged {key!r}: give --metric one of its logged keys, e.g. {', '.join(candidates)}.")
+    logs = window or auto_window(history)
+    analyses = [analyse(history, key, logs, prefix, min_r2, metric_max) for key in metrics]
+    for analysis in analyses:
+        typer.echo(format_law(analysis, prefix, min_r2, metric_max))
+    if out is not None:
+        plot_law(analyses, out, label=run.stem if run.is_file() else run.name)
+        typer.echo(f"wrote {out}")
+
+
+def format_law(analysis: dict, prefix: float, min_r2: float, metric_max: float | None) -> str:
+    fit, hs = analysis["fit"], analysis["entropy"]
+    head = f"{analysis['metric']}: {fit.n} points (windows of {analysis['window']} entropy logs)"
+    if not fit.ok:
+        return f"{head}\n  no fit: {fit.reason}"
+    lines = [
+        f"{head}, H {min(hs):.3f} to {max(hs):.3f}",
+        f"  fit: R = -{fit.a:.3f}*exp(H) + {fit.b:.3f}   R² {fit.r2:.3f}   RMSE {fit.rmse:.4f}",
+    ]
+    verdict = analysis["verdict"]
+    if verdict == "ok":
+        lines.append(
+            f"  ceiling {fit.ceiling:.2f} (R at H = 0); headroom {analysis['headroom']:+.3f} over the last point"
+        )
+    elif verdict == "ceiling_above_max":
+        lines.append(
+            f"  no ceiling: b - a = {fit.ceiling:.2f} is above the metric's maximum {metric_max:g}, so the run is not "
+            "entropy-bound within the entropies it covered (ceiling above the metric's maximum)"
+        )
+    else:
+        lines.append(f"  no ceiling: poor fit (R² < {min_r2:g}, or a <= 0: R does not rise as entropy falls)")
+    forecast = analysis["forecast"]
+    if forecast["predicted"] and forecast["fit"]["reason"] is None:
+        lines.append(
+            f"  fitted on the first {prefix:.0%} ({forecast['fitted']} points, at least 4), RMSE on the other "
+            f"{forecast['predicted']}: law {forecast['rmse_law']:.4f}, last value carried forward "
+            f"{forecast['rmse_last_value']:.4f}, straight line in H {forecast['rmse_linear']:.4f}"
+        )
+    else:
+        lines.append(f"  fitted on the first {prefix:.0%}: too few points to fit and predict")
+    return "\n".join(lines)
 
 
 @app.command("eval")

@@ -81,6 +81,17 @@ def option_fields() -> list[ConfigField]:
     return [*run, *trainer]
 
 
+def _plugin_arguments(args: list[str]) -> list[str]:
+    """The values of every ``--plugin X`` / ``--plugin=X`` of a command line."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == "--plugin" and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
 def _command_options() -> list[click.Option]:
     return [
         click.Option(
@@ -111,6 +122,19 @@ class TrainCommand(click.Command):
             epilog=EPILOG,
         )
         self.fields: dict[str, ConfigField] | None = None
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A --plugin may register methods whose fields are flags and cov_mode choices: import it before the flags are
+        # built (it is imported again, as a run key, by every worker process).
+        found = _plugin_arguments(args)
+        if found:
+            from edge_trl.run_spec import load_plugins
+
+            load_plugins(found)
+            if self.fields is not None:  # built before the plugin was known: rebuild with its fields
+                self.params = _command_options()
+                self.fields = None
+        return super().parse_args(ctx, args)
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         if self.fields is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from edge_trl.prelaunch_checks import LaunchError
+from edge_trl.errors import LaunchError
 from edge_trl.presets import DEEPSPEED_CONFIGS, GPU_ONLY_CONFIGS, shipped_accelerate_configs
 from edge_trl.run_spec import RunSpec
 

@@ -31,9 +31,15 @@ import yaml
 
 CACHE_ENV = "EDGE_TRL_CACHE_DIR"
 CACHE_FILE = "config-schema.json"
-# Files whose content defines the fields: config.py (the fields), core_algos.py (the cov_mode choices), this module.
+# Files whose content defines the fields: config.py, the method modules (their fields, the cov_mode choices), this
+# module; and the files of the --plugin modules loaded in this process (plugin_files).
 _PACKAGE_DIR = Path(__file__).resolve().parent
-SOURCE_FILES = (_PACKAGE_DIR / "config.py", _PACKAGE_DIR / "core_algos.py", Path(__file__).resolve())
+SOURCE_FILES = (
+    _PACKAGE_DIR / "config.py",
+    *sorted((_PACKAGE_DIR / "methods").glob("*.py")),
+    _PACKAGE_DIR / "rewards.py",
+    Path(__file__).resolve(),
+)
 
 KINDS = ("bool", "int", "float", "str", "yaml")  # yaml: lists, dicts, unions; the value is parsed as YAML
 
@@ -63,7 +69,11 @@ def config_fields(cls: type) -> list[ConfigField]:
 
 def _owner(cls: type, name: str) -> str:
     """The most derived class of ``cls``'s MRO that declares field ``name``."""
-    return next((k.__name__ for k in cls.__mro__ if name in inspect.get_annotations(k)), cls.__name__)
+    # A method's field mixin names the section it belongs to (``_config_owner``: EdgeGRPOConfig).
+    return next(
+        (k.__dict__.get("_config_owner", k.__name__) for k in cls.__mro__ if name in inspect.get_annotations(k)),
+        cls.__name__,
+    )
 
 
 def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> ConfigField:
@@ -76,6 +86,8 @@ def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> ConfigField:
     if len(plain) == 1 and plain[0] in (bool, int, float, str):
         kind = plain[0].__name__
     choices = field.metadata.get("choices")
+    if choices is None and callable(field.metadata.get("choices_from")):  # live, e.g. the registered cov_modes
+        choices = field.metadata["choices_from"]()
     if choices is None and enums and kind == "str":
         choices = [member.value for member in enums[0]]
     return ConfigField(
@@ -83,10 +95,16 @@ def _field_spec(field: dataclasses.Field, hint: Any, owner: str) -> ConfigField:
         kind=kind,
         optional=optional,
         default=_json_default(field),
-        help=" ".join(str(field.metadata.get("help", "")).replace("%%", "%").split()),
+        help=" ".join(str(_help(field)).replace("%%", "%").split()),
         choices=tuple(str(c) for c in choices) if choices is not None else None,
         owner=owner,
     )
+
+
+def _help(field: dataclasses.Field) -> str:
+    """The field's help; ``help_from`` (a callable) generates it live, e.g. from a registry."""
+    generate = field.metadata.get("help_from")
+    return generate() if callable(generate) else field.metadata.get("help", "")
 
 
 def _json_default(field: dataclasses.Field) -> Any:
@@ -123,16 +141,36 @@ def cache_key() -> str:
             parts.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
             parts.append(f"{package} missing")
-    for path in SOURCE_FILES:
-        parts.append(hashlib.sha256(path.read_bytes()).hexdigest())
+    for path in (*SOURCE_FILES, *plugin_files()):
+        parts.append(f"{path}:{hashlib.sha256(path.read_bytes()).hexdigest()}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def build_trainer_fields() -> list[ConfigField]:
-    """The live fields of `EdgeGRPOConfig` (imports trl: seconds)."""
-    from edge_trl.config import EdgeGRPOConfig
+def plugin_files() -> list[Path]:
+    """The files of the ``--plugin`` modules this process loaded (their fields and modes are flags too)."""
+    from edge_trl.methods import loaded_plugin_files
 
-    return config_fields(EdgeGRPOConfig)
+    return loaded_plugin_files()
+
+
+def build_trainer_fields() -> list[ConfigField]:
+    """The live fields of `EdgeGRPOConfig` and of the methods registered from plugins (imports trl: seconds)."""
+    from edge_trl.config import EdgeGRPOConfig
+    from edge_trl.methods import method_fields
+
+    hints: dict[str, Any] = {}
+    plugin = []
+    for field in method_fields():
+        owner = next(m for m in _plugin_field_owners() if field.name in {f.name for f in dataclasses.fields(m)})
+        hints = typing.get_type_hints(owner)
+        plugin.append(_field_spec(field, hints.get(field.name, field.type), "EdgeGRPOConfig"))
+    return [*config_fields(EdgeGRPOConfig), *plugin]
+
+
+def _plugin_field_owners() -> list[type]:
+    from edge_trl.methods import METHODS
+
+    return [m.fields for m in METHODS.values() if m.fields is not None and not m.builtin]
 
 
 def trainer_fields() -> dict[str, ConfigField]:

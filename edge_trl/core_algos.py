@@ -21,30 +21,21 @@ Papers
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 __all__ = [
-    "COV_MODES",
-    "CovSettings",
-    "CovTerms",
     "aggregate_token_loss",
     "clip_cov_mask",
-    "clip_cov_terms",
     "collapsed_group_share",
     "dynamic_sampling_filter",
     "entropy_driven_advantages",
     "entropy_scale",
-    "get_cov_mode",
     "kl_cov_mask",
     "kl_cov_penalty",
-    "kl_cov_terms",
     "masked_mean",
     "num_selected_tokens",
     "ppo_clipped_mask",
-    "register_cov_mode",
     "response_entropy",
     "scale_per_response",
     "step_cov_selection",
@@ -303,115 +294,6 @@ def kl_cov_penalty(logps: torch.Tensor, old_logps: torch.Tensor, selected: torch
 # --------------------------------------------------------------------------------------------------------------------
 # Covariance modes: one signature for every mode, dispatched through a registry (as verl's ``get_policy_loss_fn``)
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CovSettings:
-    """The settings a covariance mode may read (the trainer fills them from its config).
-
-    ``epsilon_low`` / ``epsilon_high`` are PPO's clip range; ``generator`` seeds any random draw of the mode.
-    ``selected``: tokens already chosen for this micro-batch (``cov_scope='step'``, by `step_cov_selection`);
-    the built-in modes then use them instead of selecting on the micro-batch alone.
-    """
-
-    clip_cov_ratio: float = 2e-4
-    clip_cov_lb: float = 1.0
-    clip_cov_ub: float = 5.0
-    kl_cov_ratio: float = 2e-3
-    kl_cov_coef: float = 1.0
-    kl_cov_clip: bool = False
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.2
-    generator: torch.Generator | None = None
-    selected: torch.Tensor | None = None
-
-
-@dataclass
-class CovTerms:
-    """What a covariance mode changes in the per-token policy loss l_t of one micro-batch.
-
-    * ``logps``: the log-probs the surrogate is computed from (e.g. with some tokens' gradient stopped);
-    * ``penalty``: an optional (B, T) term added to l_t, reduced like the loss (None: nothing added);
-    * ``unclipped``: replace PPO's clipped surrogate -min(r A, clip(r) A) by the plain -r A on every token;
-    * ``selected``: the (B, T) bool mask of the tokens the mode acted on (logged as a share).
-    """
-
-    logps: torch.Tensor
-    selected: torch.Tensor
-    penalty: torch.Tensor | None = None
-    unclipped: bool = False
-
-
-CovModeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, CovSettings], CovTerms]
-"""``fn(logps, old_logps, advantages, mask, settings) -> CovTerms``: the one signature of every covariance mode."""
-
-COV_MODES: dict[str, CovModeFn] = {}
-
-
-def register_cov_mode(name: str) -> Callable[[CovModeFn], CovModeFn]:
-    """Register a covariance mode under ``name`` (as verl's ``register_policy_loss``); ``cov_mode=name`` selects it.
-
-    The function takes ``(logps, old_logps, advantages, mask, settings: CovSettings)`` (``logps`` carries the
-    gradient, ``advantages`` is (B,) or (B, T)) and returns a [`CovTerms`][edge_trl.core_algos.CovTerms].
-    """
-
-    def decorator(fn: CovModeFn) -> CovModeFn:
-        COV_MODES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_cov_mode(name: str) -> CovModeFn:
-    """The registered covariance mode ``name``; raises ValueError naming every registered mode otherwise."""
-    if name not in COV_MODES:
-        raise ValueError(f"Unknown cov_mode {name!r}: registered modes are {', '.join(sorted(COV_MODES))}.")
-    return COV_MODES[name]
-
-
-@register_cov_mode("clip_cov")
-def clip_cov_terms(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, settings: CovSettings
-) -> CovTerms:
-    """Clip-Cov (Cui et al., L_Clip-Cov): stop the gradient of a random share of high-covariance tokens.
-
-    The tokens of [`clip_cov_mask`][edge_trl.core_algos.clip_cov_mask] (tokens PPO already clips are not candidates) keep their loss value but get
-    no gradient: log pi is detached there. The authors multiply those tokens' loss by 0 instead: the same gradient,
-    a logged loss lower by their share.
-    """
-    if settings.selected is not None:  # chosen over the whole optimizer step
-        return CovTerms(logps=torch.where(settings.selected, logps.detach(), logps), selected=settings.selected)
-    ratio = torch.exp(logps.detach() - old_logps)
-    already_clipped = ppo_clipped_mask(ratio, advantages, settings.epsilon_low, settings.epsilon_high)
-    cov = token_covariance(advantages, logps, mask)
-    selected = clip_cov_mask(
-        cov,
-        mask,
-        settings.clip_cov_ratio,
-        settings.clip_cov_lb,
-        settings.clip_cov_ub,
-        exclude=already_clipped,
-        generator=settings.generator,
-    )
-    return CovTerms(logps=torch.where(selected, logps.detach(), logps), selected=selected)
-
-
-@register_cov_mode("kl_cov")
-def kl_cov_terms(
-    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, settings: CovSettings
-) -> CovTerms:
-    """KL-Cov (Cui et al., L_KL-Cov), the authors' loss:
-
-        l_t = -A_t r_t + kl_cov_coef * |log pi_t - log pi_old,t| * [t in top-k by Cov],   r_t = pi_t / pi_old,t
-
-    on every valid token, with no PPO clip (``compute_policy_loss_kl_cov`` in PRIME-RL/Entropy-Mechanism-of-RL and in
-    verl). ``settings.kl_cov_clip=True`` keeps PPO's clipped surrogate and only adds the penalty.
-    """
-    selected = settings.selected
-    if selected is None:
-        selected = kl_cov_mask(token_covariance(advantages, logps, mask), mask, settings.kl_cov_ratio)
-    penalty = kl_cov_penalty(logps, old_logps, selected, settings.kl_cov_coef)
-    return CovTerms(logps=logps, selected=selected, penalty=penalty, unclipped=not settings.kl_cov_clip)
 
 
 TOKEN_KEY_STRIDE = 1 << 32

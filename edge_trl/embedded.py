@@ -247,7 +247,7 @@ def warm_up(out: Path, seed: int = 0, target: float = 0.2, max_steps: int = 3000
     import torch
     from transformers import GenerationConfig
 
-    from edge_trl.testing import Qwen2Size, build_qwen2
+    from edge_trl.random_models import Qwen2Size, build_qwen2
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()

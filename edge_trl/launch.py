@@ -29,6 +29,7 @@ import yaml
 from edge_trl.accelerate_setup import gpu_count, resolve_accelerate
 from edge_trl.checkpoints import newest_complete_checkpoint
 from edge_trl.config_schema import ConfigField, coerce, config_fields, trainer_fields
+from edge_trl.methods import method_presets
 from edge_trl.prelaunch_checks import (
     LaunchError,
     check_dataset,
@@ -48,12 +49,11 @@ from edge_trl.presets import (
     GPU_MICRO_BATCH,
     GPU_MICRO_BATCH_WITH_VLLM,
     LORA_LEARNING_RATE_FACTOR,
-    METHODS,
     TRAINING_DEFAULTS,
     shipped_recipes,
     vllm_defaults,
 )
-from edge_trl.run_spec import RunSpec, run_keys
+from edge_trl.run_spec import RunSpec, load_plugins, run_keys
 
 __all__ = ["LaunchError", "PreparedRun", "TrainRequest", "gpu_count", "launch", "resolve"]
 
@@ -232,12 +232,27 @@ def _apply_embedded_default(run: RunSpec, has_gpu: bool) -> tuple[RunSpec, dict[
     return run, embedded.EMBEDDED_TRAINING
 
 
+def _load_requested_plugins(request: TrainRequest) -> None:
+    """Import the ``plugin`` modules a flag, ``--set`` or the ``--config`` recipe names, before the settings are read
+    (their methods' fields are settings too)."""
+    found = [request.flags.get("plugin")]
+    found += [value for key, value in parse_overrides(request.overrides).items() if key == "plugin"]
+    if request.config:
+        found.append(load_recipe(request.config).get("plugin"))
+    try:
+        for value in found:
+            load_plugins(value)
+    except (ValueError, ImportError, SyntaxError) as error:
+        raise LaunchError(f"--plugin: {error}") from error
+
+
 def _resolve_method(method: str | None) -> str:
     method = (method or DEFAULT_METHOD).lower().replace("_", "-")
-    if method not in METHODS:
-        close = difflib.get_close_matches(method, list(METHODS), n=1)
+    methods = method_presets()
+    if method not in methods:
+        close = difflib.get_close_matches(method, list(methods), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise LaunchError(f"--method {method!r} is unknown.{hint} Methods: {', '.join(METHODS)}.")
+        raise LaunchError(f"--method {method!r} is unknown.{hint} Methods: {', '.join(methods)}.")
     return method
 
 
@@ -275,7 +290,7 @@ def _trainer_settings(
     """EdgeGRPOConfig settings: CLI defaults < CPU or GPU defaults < method preset < the user's settings."""
     machine = GPU_DEFAULTS | vllm_defaults(target_has_gpu) if target_has_gpu else CPU_DEFAULTS
     settings = {**TRAINING_DEFAULTS, **embedded_training, **machine}
-    settings.update(METHODS[run.method])
+    settings.update(method_presets()[run.method])
     if run.vllm is not None:  # --vllm MODE stands for use_vllm + vllm_mode; the --vllm-* flags still win
         settings.update(use_vllm=True, vllm_mode=run.vllm)
     settings.update(user)
@@ -371,6 +386,7 @@ def resolve(request: TrainRequest, gpus: int | None = None) -> PreparedRun:
     ``gpus``: the CUDA devices of this machine (default: detected; with torch only for a real run).
     """
     gpus = gpu_count(precise=not request.dry_run) if gpus is None else gpus
+    _load_requested_plugins(request)
     fields = known_fields()
     notes: list[str] = []
     explicit = set(explicit_settings(request, fields))

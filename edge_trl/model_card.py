@@ -32,6 +32,28 @@ ENTROPY_MECHANISM_CITATION = """@article{cui2025entropy,
 }"""
 
 
+@dataclass(frozen=True)
+class Paper:
+    """A paper a method's card cites: a link in the card's first sentence, and its BibTeX under Citations."""
+
+    title: str  # the link text
+    url: str
+    bibtex: str
+    cite_as: str  # e.g. "EDGE-GRPO"
+
+
+PAPERS: dict[str, Paper] = {
+    "edge-grpo": Paper("EDGE-GRPO", "https://huggingface.co/papers/2507.21848", EDGE_GRPO_CITATION, "EDGE-GRPO"),
+    "entropy-mechanism": Paper(
+        "The Entropy Mechanism of RL for Reasoning LMs",
+        "https://huggingface.co/papers/2505.22617",
+        ENTROPY_MECHANISM_CITATION,
+        "the Entropy Mechanism (Clip-Cov, KL-Cov)",
+    ),
+}
+"""The papers of the built-in methods by key; a method's ``papers`` holds these keys or `Paper`s of its own."""
+
+
 def is_hub_id(name: str | None) -> bool:
     """``name`` looks like a Hub repository id (``owner/name``) and is not a local path."""
     text = str(name or "")
@@ -88,7 +110,7 @@ class CardRun:
     prompt: Any = None  # one training prompt: a list of messages (chat template) or a string
     stop_tokens: list[str] = field(default_factory=list)  # end of turn, then EOS
     max_new_tokens: int = 1024
-    papers: list[str] = field(default_factory=list)  # "edge-grpo", "entropy-mechanism"
+    papers: list[Any] = field(default_factory=list)  # keys of PAPERS ("edge-grpo", ...) or Paper objects
     tags: list[str] = field(default_factory=list)
 
 
@@ -176,18 +198,10 @@ def render_model_card(run: CardRun, trl_card: str) -> str:
     name = public_name(run.model_id)
     what = "A LoRA adapter for" if run.adapter else "A fine-tuned version of"
     method = f"{run.method}" + (f" (`edge-trl train --method {run.method_flag}`)" if run.method_flag else "")
-    papers = []
-    if "edge-grpo" in run.papers:
-        papers.append("[EDGE-GRPO](https://huggingface.co/papers/2507.21848)")
-    if "entropy-mechanism" in run.papers:
-        papers.append("[The Entropy Mechanism of RL for Reasoning LMs](https://huggingface.co/papers/2505.22617)")
+    cited = [PAPERS[p] if isinstance(p, str) else p for p in run.papers]
+    papers = [f"[{paper.title}]({paper.url})" for paper in cited]
     citations = [
-        *(["Cite EDGE-GRPO as:", f"```bibtex\n{EDGE_GRPO_CITATION}\n```"] if "edge-grpo" in run.papers else []),
-        *(
-            ["Cite the Entropy Mechanism (Clip-Cov, KL-Cov) as:", f"```bibtex\n{ENTROPY_MECHANISM_CITATION}\n```"]
-            if "entropy-mechanism" in run.papers
-            else []
-        ),
+        *(part for paper in cited for part in (f"Cite {paper.cite_as} as:", f"```bibtex\n{paper.bibtex}\n```")),
         trl_citations,
     ]
     body = [

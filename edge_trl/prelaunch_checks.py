@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from edge_trl.config_schema import ConfigField
+from edge_trl.errors import LaunchError
 from edge_trl.run_spec import RunSpec
 from edge_trl.validation import kl_cov_is_noop, kl_cov_noop_message, validate_edge_fields
 
@@ -17,10 +18,6 @@ if TYPE_CHECKING:
     from edge_trl.accelerate_setup import AccelerateSetup
 
 logger = logging.getLogger(__name__)
-
-
-class LaunchError(ValueError):
-    """Bad input to `edge-trl train`; the message names the option and the fix."""
 
 
 def check_reward(reward: str) -> None:

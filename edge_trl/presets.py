@@ -7,8 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-# Each method is a named set of EdgeGRPOConfig values; any explicit setting (recipe YAML, flag) overrides them. They
-# carry the authors' settings, scaled to one GPU: docs/recipes.md maps each setting of the authors' scripts (EDGE-GRPO's
+# Each method's --method preset is a named set of EdgeGRPOConfig values, declared in its module (edge_trl/methods/) and
+# assembled as METHODS below; any explicit setting (recipe YAML, flag) overrides them. They carry the authors' settings, scaled to one GPU: docs/recipes.md maps each setting of the authors' scripts (EDGE-GRPO's
 # train_grpo.sh; Entropy-Mechanism's recipe/dapo/7b_clip_cov.sh and 7b_kl_cov.sh) to these values, with file:line.
 # Lengths are not here: the CLI default (1024 new tokens) fits one GPU; the shipped recipes carry the authors' lengths.
 EDGE_GRPO_SETTINGS: dict[str, Any] = {
@@ -53,34 +53,6 @@ COV_ROLLOUT_SETTINGS: dict[str, Any] = {
     "dynamic_sampling": True,
     "dynamic_sampling_metric": "accuracy_reward",
     "max_num_gen_batches": 10,
-}
-METHODS: dict[str, dict[str, Any]] = {
-    "grpo": {},
-    "eda": {"eda": True},
-    "gec": {"gec": True},
-    # The official script also sets force_reflection; GEC wins over it (the official precedence), so it is left out.
-    "edge": {"eda": True, "gec": True, **EDGE_GRPO_SETTINGS},
-    "force-reflection": {"force_reflection": True},
-    # 7b_clip_cov.sh: clip_ratio_low = clip_ratio_high = 1 (PPO's clip range [1 - 1, 1 + 1] = TRL's epsilon and
-    # epsilon_high), clip_cov_ratio 2e-4, clip_cov_lb 1, clip_cov_ub 5.
-    "clip-cov": {
-        "cov_mode": "clip_cov",
-        "epsilon": 1.0,
-        "epsilon_high": 1.0,
-        "clip_cov_ratio": 2e-4,
-        "clip_cov_lb": 1.0,
-        "clip_cov_ub": 5.0,
-        **COV_ROLLOUT_SETTINGS,
-    },
-    # 7b_kl_cov.sh: clip ratio 0.2, kl_cov k 0.2%, ppo_kl_coef 1. The off-policy mini-batches make KL-Cov act.
-    "kl-cov": {
-        "cov_mode": "kl_cov",
-        "epsilon": 0.2,
-        "epsilon_high": 0.2,
-        "kl_cov_ratio": 2e-3,
-        "kl_cov_coef": 1.0,
-        **COV_ROLLOUT_SETTINGS,
-    },
 }
 DEFAULT_METHOD = "edge"
 
@@ -163,18 +135,16 @@ def shipped_recipes() -> dict[str, Path]:
 
 
 def describe_method(args: Any) -> str:
-    """A short label of what an EdgeGRPOConfig turns on, e.g. 'EDGE-GRPO (EDA + GEC) + KL-Cov'."""
-    parts = []
-    if args.eda and args.gec:
-        parts.append("EDGE-GRPO (EDA + GEC)")
-    elif args.eda:
-        parts.append("EDA")
-    elif args.gec:
-        parts.append("GEC")
-    if args.force_reflection and not args.gec:  # with gec=True as well, GEC's three branches win
-        parts.append("forced reflection")
-    if args.cov_mode == "clip_cov":
-        parts.append("Clip-Cov")
-    elif args.cov_mode == "kl_cov":
-        parts.append("KL-Cov")
-    return " + ".join(parts) or "GRPO"
+    """A short label of what an EdgeGRPOConfig turns on, e.g. 'EDGE-GRPO (EDA + GEC) + KL-Cov' (the methods' own)."""
+    from edge_trl.methods import describe
+
+    return describe(args)
+
+
+def __getattr__(name: str) -> Any:
+    # METHODS: every --method preset, assembled from the registered methods (edge_trl.methods), plugins included.
+    if name == "METHODS":
+        from edge_trl.methods import method_presets
+
+        return method_presets()
+    raise AttributeError(f"module 'edge_trl.presets' has no attribute {name!r}")

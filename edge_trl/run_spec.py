@@ -18,9 +18,38 @@ from typing import Any
 import yaml
 
 from edge_trl.data import TEMPLATES
-from edge_trl.presets import METHODS
 
 RUN_FILE = "edge_trl_run.yaml"
+
+
+def _method_presets() -> dict[str, Any]:
+    from edge_trl.methods import method_presets
+
+    return method_presets()
+
+
+def _reward_help() -> str:
+    from edge_trl.rewards import reward_help
+
+    return reward_help()
+
+
+def plugins(value: str | list[str] | None) -> list[str]:
+    """The ``plugin`` run key as a list of files or modules."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def load_plugins(value: str | list[str] | None) -> None:
+    """Import every plugin of ``value`` (``--plugin``): its methods and rewards register themselves."""
+    from edge_trl.methods import load_plugin
+
+    for item in plugins(value):
+        load_plugin(item)
+
+
 # Fields of RunSpec that are not flags nor recipe keys.
 NOT_A_FLAG = {"trainer", "recipe"}
 
@@ -39,8 +68,9 @@ class RunSpec:
     method: str | None = field(
         default=None,
         metadata={
-            "help": "A named set of EdgeGRPOConfig values (edge_trl/presets.py); default edge.",
-            "choices": list(METHODS),
+            "help": "A named set of EdgeGRPOConfig values, a method's preset (edge_trl/methods/, and any --plugin's); "
+            "default edge.",
+            "choices_from": lambda: list(_method_presets()),
         },
     )
     dataset: str | None = field(
@@ -71,7 +101,16 @@ class RunSpec:
         metadata={"help": "Drop the prompts longer than --max-prompt-length (counted) instead of failing."},
     )
     reward: str | None = field(
-        default=None, metadata={"help": "Comma-separated: format, accuracy, format_accuracy (default format,accuracy)."}
+        default=None,
+        metadata={"help": "Comma-separated rewards (default format,accuracy).", "help_from": lambda: _reward_help()},
+    )
+    plugin: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated Python files (my_method.py) or modules (my_pkg.my_method) to import first, in "
+            "this command and in every worker process: they may register methods (edge_trl.methods.register_method,"
+            " their fields become flags) and rewards (edge_trl.rewards.register_reward)."
+        },
     )
     vllm: str | None = field(
         default=None,

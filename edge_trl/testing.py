@@ -15,16 +15,16 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 from transformers.models.qwen2 import Qwen2Tokenizer
 
 from edge_trl.embedded import addition_dataset
+from edge_trl.random_models import Qwen2Size, build_qwen2
 
 # Re-exported for the tests: the one exact-match grader lives in edge_trl.rewards.
 from edge_trl.rewards import boxed_answer_reward as boxed_answer_reward
@@ -99,19 +99,6 @@ def build_tiny_tokenizer(vocab_size: int = 400, seed: int = 0) -> PreTrainedToke
     return tokenizer
 
 
-@dataclass(frozen=True)
-class Qwen2Size:
-    """The dimensions of a Qwen2 causal LM; ``vocab_size=None`` takes the tokenizer's length."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    vocab_size: int | None = None
-    max_position_embeddings: int = 1024
-
-
 # Qwen2.5-Math-1.5B's architecture, from its config.json, so that nothing needs the Hub to build it (random weights).
 QWEN2_5_MATH_1_5B = Qwen2Size(
     hidden_size=1536,
@@ -122,33 +109,6 @@ QWEN2_5_MATH_1_5B = Qwen2Size(
     vocab_size=151936,
     max_position_embeddings=4096,
 )
-
-
-def build_qwen2(
-    tokenizer: PreTrainedTokenizerBase, size: Qwen2Size, *, initializer_range: float = 0.02, seed: int = 0
-) -> Qwen2ForCausalLM:
-    """A random-weight Qwen2ForCausalLM of ``size`` (tied embeddings) using ``tokenizer``'s pad and EOS tokens.
-
-    The one builder of every tiny or full-size random model in edge-trl: the test model (``build_tiny_model``), the
-    embedded adder (``edge_trl.embedded``) and the benchmarks. The weights depend only on ``size``,
-    ``initializer_range`` and ``seed`` (``torch.manual_seed(seed)`` right before initialisation).
-    """
-    config = Qwen2Config(
-        vocab_size=size.vocab_size or len(tokenizer),
-        hidden_size=size.hidden_size,
-        intermediate_size=size.intermediate_size,
-        num_hidden_layers=size.num_hidden_layers,
-        num_attention_heads=size.num_attention_heads,
-        num_key_value_heads=size.num_key_value_heads,
-        max_position_embeddings=size.max_position_embeddings,
-        tie_word_embeddings=True,
-        initializer_range=initializer_range,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
 
 
 def build_tiny_model(

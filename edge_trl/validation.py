@@ -9,10 +9,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-EDA_SCOPES = ("group", "batch")
-COV_SCOPES = ("micro_batch", "step")
-# Loss types whose per-token loss is -min(r A, clip(r) A) reduced linearly: the ones Clip-Cov and KL-Cov modify.
-COV_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+from edge_trl.methods import METHODS
+from edge_trl.methods.covariance import COV_LOSS_TYPES, COV_SCOPES
+from edge_trl.methods.eda import EDA_SCOPES
+
+__all__ = [
+    "COV_LOSS_TYPES",
+    "COV_SCOPES",
+    "EDA_SCOPES",
+    "kl_cov_is_noop",
+    "kl_cov_noop_message",
+    "validate_edge_fields",
+]
 
 
 def normalize_cov_mode(cov_mode: Any) -> str:
@@ -44,8 +52,9 @@ def kl_cov_noop_message(gradient_accumulation_steps: int, steps_per_generation: 
 def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
     """Check the edge-trl fields of ``config`` (any object with the fields as attributes); normalises ``cov_mode``.
 
-    ``cov_modes`` are the valid modes besides 'none' (the keys of ``core_algos.COV_MODES``). Raises ``ValueError``
-    naming the field and the fix.
+    ``cov_modes`` are the valid modes besides 'none' (the registered ones, ``methods.covariance.COV_MODES``). Then
+    every registered method's ``validate`` (its own fields' checks, in its module). Raises ``ValueError`` naming the
+    field and the fix.
     """
     config.cov_mode = normalize_cov_mode(config.cov_mode)
     valid_modes = ("none", *cov_modes)
@@ -56,98 +65,5 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
             f"reward_timeout={config.reward_timeout} must be a positive number of seconds (e.g. 60): how long a "
             "reward function may take before its completion scores None."
         )
-    if config.eda_scope not in EDA_SCOPES:
-        raise ValueError(f"eda_scope={config.eda_scope!r} is not supported: use 'group' or 'batch'.")
-    if not (config.eda_entropy_floor > 0 and math.isfinite(config.eda_entropy_floor)):
-        raise ValueError(f"eda_entropy_floor={config.eda_entropy_floor} must be a positive number, such as 1e-6.")
-    for name in ("eda_min_scale", "eda_max_scale"):
-        value = getattr(config, name)
-        if value is not None and not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name}={value} must be a positive number or None (no clamp).")
-    if (
-        config.eda_min_scale is not None
-        and config.eda_max_scale is not None
-        and config.eda_min_scale > config.eda_max_scale
-    ):
-        raise ValueError(
-            f"eda_min_scale={config.eda_min_scale} is larger than eda_max_scale={config.eda_max_scale}: "
-            "set eda_min_scale <= eda_max_scale."
-        )
-    for name in ("clip_cov_ratio", "kl_cov_ratio"):
-        value = getattr(config, name)
-        if not 0 < value <= 1:
-            raise ValueError(
-                f"{name}={value} must be a fraction of tokens in (0, 1], e.g. 2e-3 for 0.2% "
-                "(not a percentage: 0.2 would select 20% of the tokens)."
-            )
-    if config.clip_cov_lb >= config.clip_cov_ub:
-        raise ValueError(
-            f"clip_cov_lb={config.clip_cov_lb} must be smaller than clip_cov_ub={config.clip_cov_ub}: no covariance "
-            "could fall between them."
-        )
-    if config.kl_cov_coef < 0:
-        raise ValueError(f"kl_cov_coef={config.kl_cov_coef} must be >= 0.")
-
-    if config.cov_mode != "none":
-        if config.loss_type not in COV_LOSS_TYPES:
-            raise ValueError(
-                f"cov_mode={config.cov_mode!r} cannot modify the per-token loss of loss_type={config.loss_type!r}: "
-                f"use loss_type in {COV_LOSS_TYPES} or set cov_mode='none'."
-            )
-        if getattr(config, "use_liger_loss", False):
-            raise ValueError(
-                f"cov_mode={config.cov_mode!r} needs TRL's per-token loss, which the fused Liger GRPO loss skips: "
-                "set use_liger_loss=False."
-            )
-    if config.eda and config.eda_scope == "batch" and getattr(config, "use_liger_loss", False):
-        raise ValueError("eda_scope='batch' reads entropies from TRL's training forward: set use_liger_loss=False.")
-
-    if config.cov_scope not in COV_SCOPES:
-        raise ValueError(
-            f"cov_scope={config.cov_scope!r} is not supported: use 'micro_batch' (per micro-batch, the authors' code) "
-            "or 'step' (once per optimizer step, independent of the micro-batch split)."
-        )
-    if config.cov_scope == "step" and config.cov_mode not in ("none", "clip_cov", "kl_cov"):
-        raise ValueError(
-            f"cov_scope='step' selects tokens for the built-in clip_cov and kl_cov only, not cov_mode="
-            f"{config.cov_mode!r}: set cov_scope='micro_batch'."
-        )
-    if config.cov_scope == "step" and config.cov_mode != "none":
-        accumulation = getattr(config, "gradient_accumulation_steps", None) or 1
-        steps_per_generation = getattr(config, "steps_per_generation", None) or accumulation  # TRL's default
-        generate_every = steps_per_generation * (getattr(config, "num_iterations", None) or 1)
-        if generate_every % accumulation != 0:
-            raise ValueError(
-                f"cov_scope='step' needs every optimizer step inside one rollout: steps_per_generation * "
-                f"num_iterations = {generate_every} must be a multiple of gradient_accumulation_steps="
-                f"{accumulation}. Set steps_per_generation to a multiple of "
-                "gradient_accumulation_steps (the default, equal), or cov_scope='micro_batch'."
-            )
-    if config.max_num_gen_batches < 0:
-        raise ValueError(
-            f"max_num_gen_batches={config.max_num_gen_batches} must be >= 0 (0 = unlimited; verl's default is 10)."
-        )
-    if config.dynamic_sampling and not str(config.dynamic_sampling_metric or "").strip():
-        raise ValueError(
-            "dynamic_sampling_metric is empty: name a reward function (e.g. 'accuracy_reward') or 'reward' for the "
-            "weighted sum of all rewards."
-        )
-
-    probs = {name: getattr(config, name) for name in ("gec_reflect_prob", "gec_answer_prob", "gec_solution_prob")}
-    for name, value in probs.items():
-        if not 0 <= value <= 1:
-            raise ValueError(f"{name}={value} must be a probability in [0, 1].")
-    if abs(sum(probs.values()) - 1.0) > 1e-6:
-        raise ValueError(
-            f"gec_reflect_prob + gec_answer_prob + gec_solution_prob = {sum(probs.values()):g} must be 1 "
-            "(the paper: 0.5, 0.25, 0.25)."
-        )
-    if "{answer}" not in config.gec_answer_template:
-        raise ValueError(
-            f"gec_answer_template={config.gec_answer_template!r} has no '{{answer}}' placeholder: add one where the "
-            "reference answer goes, e.g. '... the correct answer is \\boxed{{answer}}.'"
-        )
-    if config.gec_max_new_tokens < 1:
-        raise ValueError(f"gec_max_new_tokens={config.gec_max_new_tokens} must be >= 1.")
-    if (config.gec or config.force_reflection) and config.use_vllm and config.vllm_mode not in ("server", "colocate"):
-        raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={config.vllm_mode!r}.")
+    for method in METHODS.values():  # each method's own checks (edge_trl/methods/)
+        method.validate(config)

@@ -61,12 +61,12 @@ def installed_vllm_version() -> str | None:
 
 
 def is_tested_vllm(installed: str) -> bool:
-    """Whether vLLM ``installed`` (a version string) is in :data:`TESTED_VLLM`, local tags such as "+cpu" ignored."""
+    """Whether vLLM ``installed`` (a version string) is in `TESTED_VLLM`, local tags such as "+cpu" ignored."""
     return Version(Version(installed).base_version) in TESTED_VLLM
 
 
 def check_vllm_version(installed: str | None) -> str:
-    """Raise unless ``installed`` (a version string, or None for "not installed") is in :data:`TESTED_VLLM`."""
+    """Raise unless ``installed`` (a version string, or None for "not installed") is in `TESTED_VLLM`."""
     if installed is None:
         raise VLLMSetupError(
             "--vllm needs vLLM, which is not installed. On a GPU machine: pip install 'edge-trl[vllm]'. On a CPU "
@@ -163,7 +163,7 @@ def check_vllm(
 def default_vllm_mode(cuda_available: bool | None = None) -> str | None:
     """The main-use-case recipe's default: ``"colocate"`` on a CUDA machine with a tested vLLM installed, else None.
 
-    None means "generate with transformers" (no GPU, no vLLM, or a vLLM outside :data:`TESTED_VLLM`).
+    None means "generate with transformers" (no GPU, no vLLM, or a vLLM outside `TESTED_VLLM`).
     """
     if cuda_available is None:
         import torch

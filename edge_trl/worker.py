@@ -20,11 +20,21 @@ EXIT_MODEL_NOT_SAVED = 4
 
 
 def build_trainer(run: RunSpec) -> Any:
+    from edge_trl.run_spec import load_plugins
+
+    load_plugins(run.plugin)  # before the config: a plugin's methods and rewards register themselves
     from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
     from edge_trl.data import load_any_dataset, prepare_math_dataset
+    from edge_trl.methods import method_fields
     from edge_trl.rewards import get_reward_funcs
 
-    args = EdgeGRPOConfig(**run.trainer)
+    # The fields of methods registered by plugins are flags and recipe keys; the config holds them in method_kwargs.
+    settings = dict(run.trainer)
+    plugin_fields = {f.name for f in method_fields()}
+    method_kwargs = {key: settings.pop(key) for key in list(settings) if key in plugin_fields}
+    if method_kwargs:
+        settings["method_kwargs"] = {**(settings.get("method_kwargs") or {}), **method_kwargs}
+    args = EdgeGRPOConfig(**settings)
     callbacks = []
     if run.uses_embedded_task:  # the built-in task: generated, plain prompts
         dataset = embedded.addition_dataset(50_000, seed=args.seed)

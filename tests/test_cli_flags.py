@@ -152,7 +152,9 @@ def test_cached_schema_equals_the_live_dataclass_fields(cache):
     assert stored["key"] == config_schema.cache_key()
     live = {config_field.name: config_field for config_field in build_trainer_fields()}
     assert trainer_fields() == first == live  # the second call reads the file
-    assert live["cov_mode"].choices == ("none", "clip_cov", "kl_cov") and live["eda"].owner == "EdgeGRPOConfig"
+    from edge_trl.methods.covariance import COV_MODES
+
+    assert live["cov_mode"].choices == ("none", *COV_MODES) and live["eda"].owner == "EdgeGRPOConfig"
 
 
 def test_cache_is_rebuilt_when_its_key_changes_or_it_is_corrupt(cache, monkeypatch):

@@ -157,7 +157,7 @@ def test_shipped_configs_are_valid_for_accelerate():
 def test_bad_input_is_a_clear_error(tmp_path, tiny_model_path, data_file, monkeypatch):
     model, data = ["--model", str(tiny_model_path)], ["--dataset", str(data_file)]
     assert "Did you mean 'qwen2.5-math-7b'" in fail("--model", "qwen2.5-math-7", *data)
-    assert "method='edg' is not one of: grpo, eda, gec, edge" in fail(*model, *data, "--method", "edg")
+    assert f"method='edg' is not one of: {', '.join(METHODS)}" in fail(*model, *data, "--method", "edg")
     assert "Did you mean 'edge'?" in fail(*model, *data, "--method", "edg")
     assert "no such file or folder" in fail(*model, "--dataset", str(tmp_path / "missing.jsonl"))
     assert "no answer column 'final'" in fail(*model, *data, "--answer-column", "final")

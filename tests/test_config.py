@@ -9,6 +9,7 @@ import pytest
 from trl import GRPOConfig
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
+from edge_trl.methods.covariance import COV_MODES
 
 from _helpers import tiny_config
 
@@ -118,8 +119,8 @@ def test_the_checks_run_without_trl_on_plain_settings():
     defaults = {f.name: f.default for f in fields(EdgeGRPOConfig) if f.name in EDGE_FIELDS}
     settings = SimpleNamespace(**{**defaults, "loss_type": "dapo", "use_vllm": False, "vllm_mode": "server"})
     settings.cov_mode = "Clip-Cov"
-    validate_edge_fields(settings, cov_modes=("clip_cov", "kl_cov"))
+    validate_edge_fields(settings, cov_modes=tuple(COV_MODES))
     assert settings.cov_mode == "clip_cov"
     settings.clip_cov_ratio = 0.0
     with pytest.raises(ValueError, match=r"clip_cov_ratio=0\.0 must be a fraction"):
-        validate_edge_fields(settings, cov_modes=("clip_cov", "kl_cov"))
+        validate_edge_fields(settings, cov_modes=tuple(COV_MODES))

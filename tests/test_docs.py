@@ -18,8 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # One page per topic of the docs (issue 20); the nav may hold more.
 PAGES = [
     "index.md", "quickstart.md", "cli.md", "cli-reference.md", "methods/eda.md", "methods/gec.md", "methods/cov.md",
-    "methods/dynamic-sampling.md", "methods/cov-scope.md", "recipes.md", "distributed.md", "vllm.md", "resume.md",
-    "data.md", "benchmarks/index.md", "api.md", "notebooks.md", "layout.md", "guides/own-data-and-reward.md",
+    "methods/dynamic-sampling.md", "methods/cov-scope.md", "methods/entropy-law.md", "recipes.md", "distributed.md",
+    "vllm.md", "resume.md", "data.md", "benchmarks/index.md", "api.md", "notebooks.md", "layout.md",
+    "guides/own-data-and-reward.md",
 ]  # fmt: skip
 
 

@@ -57,6 +57,11 @@ def test_wheel_layout(wheel):
     top_level = {name.split("/")[0] for name in names}
     assert "cli" not in top_level and "accelerate_configs" not in top_level
     assert {"edge_trl/cli/main.py", "edge_trl/accelerate_configs/cpu.yaml", "edge_trl/core_algos.py"} <= set(names)
+    from edge_trl.methods import METHODS
+
+    built_in = {type(m).__module__ for m in METHODS.values()} - {None}
+    modules = {name.replace(".", "/") + ".py" for name in built_in if name.startswith("edge_trl.methods.")}
+    assert {"edge_trl/methods/__init__.py", *modules} <= set(names)  # every built-in method module ships
     assert {
         "edge_trl/assets/embedded-adder/model.safetensors",
         "edge_trl/recipes/kl_cov_qwen2.5_math_7b.yaml",

@@ -50,7 +50,9 @@ BASE: dict[str, Any] = {
     "seed": 0,
     "disable_tqdm": True,
 }
-GEC = {"gec_max_new_tokens": 30, "gec_answer_template": " \\boxed{{answer}}", "gec_reflection_cue": " Wait!"}
+# length_reward decides correctness (named: it is no registered correctness reward); below 1, every response is wrong.
+GEC = {"gec_max_new_tokens": 30, "gec_answer_template": " \\boxed{{answer}}", "gec_reflection_cue": " Wait!",
+       "gec_reward_name": "length_reward"}  # fmt: skip
 METHODS: dict[str, dict[str, Any]] = {
     "eda_group": {"eda": True},
     "eda_batch": {"eda": True, "eda_scope": "batch"},
@@ -61,6 +63,8 @@ METHODS: dict[str, dict[str, Any]] = {
     # Token-level importance sampling here (TRL's default, sequence_mask, everywhere else): both levels are checked.
     "force_reflection": {"force_reflection": True, "vllm_importance_sampling_mode": "token_truncate", **GEC},
     "lora": {"eda": True, "gec": True, **GEC},
+    "gec_no_sync": {"gec": True, **GEC},
+    "gec_stale_layer": {"gec": True, **GEC},
     # Dynamic sampling refills through vLLM (every key of a vLLM rollout regrouped), with Clip-Cov's step scope.
     "dynamic_sampling": {
         "dynamic_sampling": True,
@@ -131,28 +135,59 @@ def make_trainer_class():
     return RecordingTrainer
 
 
-def sync_check(trainer: Any, model_dir: str) -> dict[str, float]:
-    """Max |log-prob| gap on vLLM's sampled tokens: vLLM vs the trained model, and vLLM vs the initial model."""
+SYNC_PROMPTS = [f"What is {a} + {b}?" for a in (3, 12, 25, 40) for b in (1, 7, 18, 26, 33, 49, 58, 64)]
+# Faults the weight-sync check must catch (tests/test_vllm_train.py): no sync at all, and a sync that leaves one
+# decoder layer stale. Each is a GEC run whose vLLM engine is fed this way from the first rollout on.
+SYNC_FAULTS = {"gec_no_sync": "no_sync", "gec_stale_layer": "stale_layer"}
+STALE_LAYER = ".layers.1."
+
+
+def inject_sync_fault(generation: Any, fault: str) -> None:
+    if fault == "no_sync":
+        generation.sync_weights = lambda: None
+    elif fault == "stale_layer":
+        full = generation._iter_named_params
+        generation._iter_named_params = lambda: ((n, p) for n, p in full() if STALE_LAYER not in n)
+
+
+def sync_check(trainer: Any, model_dir: str) -> dict[str, list[float]]:
+    """Per sampled token: vLLM's log-prob after the sync, and the trained model's (float32 and bfloat16 copies) and
+    the initial model's, on 32 prompts' completions (about 150 tokens).
+
+    vLLM runs the float32 checkpoint in bfloat16 on CPU, so the bfloat16 copy of the trained model measures the
+    rounding noise to expect at the probabilities seen; the test gates on it.
+    """
+    import copy
+
     import torch
     from transformers import AutoModelForCausalLM
 
     trainer.vllm_generation.sync_weights()  # what TRL does before the next rollout
-    prompt = trainer.processing_class("What is 12 + 7?", add_special_tokens=False)["input_ids"]
-    _, completion_ids, logprobs, _ = trainer.vllm_generation.generate([prompt], None, 1)
-    ids, sampled = list(completion_ids[0]), torch.tensor([lp[0] for lp in logprobs[0]])
+    prompts = [trainer.processing_class(p, add_special_tokens=False)["input_ids"] for p in SYNC_PROMPTS]
+    _, completion_ids, logprobs, _ = trainer.vllm_generation.generate(prompts, None, 1)
 
-    def logps(model: Any) -> torch.Tensor:
-        with torch.no_grad():
-            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1].float()
-        return torch.log_softmax(logits / trainer.temperature, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
-
-    model = trainer.accelerator.unwrap_model(trainer.model).eval()
-    initial = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    return {
-        "synced_gap": (logps(model) - sampled).abs().max().item(),
-        "initial_gap": (logps(initial) - sampled).abs().max().item(),
-        "tokens": len(ids),
+    # Fresh copies hold the trained weights: a deepcopy of the trainer's model would keep accelerate's forward
+    # wrapper, which still calls the original model.
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(trained, "merge_and_unload"):  # LoRA: vLLM holds the merged model
+        trained = copy.deepcopy(trained).merge_and_unload()
+    fp32 = AutoModelForCausalLM.from_pretrained(model_dir)
+    fp32.load_state_dict(trained.state_dict())
+    models = {
+        "trained": fp32.eval(),
+        "trained_bf16": copy.deepcopy(fp32).to(torch.bfloat16).eval(),
+        "initial": AutoModelForCausalLM.from_pretrained(model_dir).eval(),
     }
+    report: dict[str, list[float]] = {"vllm": [], **{name: [] for name in models}}
+    for prompt, ids, row in zip(prompts, completion_ids, logprobs, strict=True):
+        ids = list(ids)
+        report["vllm"] += [lp[0] for lp in row]
+        for name, model in models.items():
+            with torch.no_grad():
+                logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1].float()
+            logps = torch.log_softmax(logits / trainer.temperature, -1).gather(-1, torch.tensor(ids)[:, None])[:, 0]
+            report[name] += logps.tolist()
+    return report
 
 
 def run(model_dir: str, name: str) -> dict[str, Any]:
@@ -172,6 +207,8 @@ def run(model_dir: str, name: str) -> dict[str, Any]:
         peft_config=peft_config,
     )
     init_s = time.perf_counter() - start
+    if name in SYNC_FAULTS:
+        inject_sync_fault(trainer.vllm_generation, SYNC_FAULTS[name])
     start = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - start
