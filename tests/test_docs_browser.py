@@ -24,7 +24,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METHOD_PAGES = ["methods/eda/", "methods/gec/", "methods/cov/", "methods/dynamic-sampling/", "methods/cov-scope/"]
+METHOD_PAGES = [
+    "methods/eda/", "methods/gec/", "methods/cov/", "methods/dynamic-sampling/", "methods/cov-scope/",
+    "methods/entropy-law/",
+]  # fmt: skip
 KEY_PAGES = ["", "quickstart/", "cli-reference/", *METHOD_PAGES, "api/", "recipes/", "guides/own-data-and-reward/"]
 
 
