@@ -126,7 +126,7 @@ def effective(settings: dict[str, Any], config_field: ConfigField) -> Any:
 # -- topics ------------------------------------------------------------------------------------------------------------
 
 TOPICS: tuple[tuple[str, str, Callable[[ConfigField], bool]], ...] = (
-    ("edge-trl methods", "EDA, GEC, Clip-Cov / KL-Cov, dynamic sampling (`EdgeGRPOConfig`).",
+    ("edge-trl methods", "EDA, GEC, Clip-Cov / KL-Cov, dynamic sampling, the entropy law, rewards (`EdgeGRPOConfig`).",
      lambda f: f.owner == "EdgeGRPOConfig"),
     ("Run: model, data, reward, launch", "What to train and how `accelerate launch` starts it (run keys).",
      lambda f: f.owner == "RunSpec"),
@@ -168,6 +168,15 @@ TOPICS: tuple[tuple[str, str, Callable[[ConfigField], bool]], ...] = (
 ORDER = ("edge-trl methods", "Run: model, data, reward, launch", "Generation",
          "Optimisation: loss, optimizer, schedule, precision", "vLLM rollouts",
          "Logging, saving, evaluation and the Hub", "The rest of TRL and transformers")  # fmt: skip
+
+
+# The methods' fields in the order of the docs' method pages (the dataclass order follows its bases, last first).
+METHOD_ORDER = ("eda", "gec", "force_reflection", "cov_", "clip_cov", "kl_cov", "dynamic_sampling", "max_num_gen",
+                "entropy_law", "reward", "method")  # fmt: skip
+
+
+def _method_rank(config_field: ConfigField) -> int:
+    return next((i for i, prefix in enumerate(METHOD_ORDER) if config_field.name.startswith(prefix)), len(METHOD_ORDER))
 
 
 def topic_of(config_field: ConfigField) -> str:
@@ -302,6 +311,7 @@ def flag_reference(resolver: Callable[[Case], dict[str, Any]] = resolved_run) ->
     by_topic: dict[str, list[ConfigField]] = {}
     for config_field in option_fields():
         by_topic.setdefault(topic_of(config_field), []).append(config_field)
+    by_topic["edge-trl methods"] = sorted(by_topic.get("edge-trl methods", []), key=_method_rank)  # a stable sort
     machine = {0: "on a machine without GPU", 1: "on one GPU"}
     cases = "\n".join(f"- **{case.label}**: `{case.command}` {machine[case.gpus]}" for case in MAIN_CASES)
     lines = [
