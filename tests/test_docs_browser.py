@@ -190,42 +190,52 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevTools]:
         process.wait(timeout=30)
 
 
-def render(browser: DevTools, url: str, width: int) -> dict:
-    browser.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1,
-                 mobile=width < 600)  # fmt: skip
-    browser.call("Page.navigate", url=url)
-    browser.wait_for("Page.loadEventFired")
-    browser.evaluate("document.fonts.ready.then(() => true)")
-    report = json.loads(browser.evaluate(CHECKS))
-    shots = os.environ.get("DOCS_SCREENSHOTS")
-    if shots:
-        name = (url.rstrip("/").rsplit("/", 1)[-1] or "home") if url.count("/") > 3 else "home"
-        shot = browser.call("Page.captureScreenshot", format="png")
-        Path(shots).mkdir(parents=True, exist_ok=True)
-        (Path(shots) / f"{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
-    return report
+def render(browser: DevTools, url: str) -> dict[int, dict]:
+    """Load ``url`` once and measure it at each width (the layout follows the window, no reload needed)."""
+    reports = {}
+    for index, width in enumerate(WIDTHS):
+        browser.call("Emulation.setDeviceMetricsOverride", width=width, height=900, deviceScaleFactor=1,
+                     mobile=width < 600)  # fmt: skip
+        if index == 0:
+            browser.call("Page.navigate", url=url)
+            browser.wait_for("Page.loadEventFired")
+        # fonts loaded and two frames drawn at this width before measuring
+        browser.evaluate(
+            "document.fonts.ready.then(() => new Promise((done) => requestAnimationFrame(() => "
+            "requestAnimationFrame(() => done(true)))))"
+        )
+        reports[width] = json.loads(browser.evaluate(CHECKS))
+        shots = os.environ.get("DOCS_SCREENSHOTS")
+        if shots:
+            name = (url.rstrip("/").rsplit("/", 1)[-1] or "home") if url.count("/") > 3 else "home"
+            shot = browser.call("Page.captureScreenshot", format="png")
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            (Path(shots) / f"{name}-{width}.png").write_bytes(base64.b64decode(shot["data"]))
+    return reports
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_key_pages_fit_and_render(served_site, browser, width):
+def problems_of(page: str, width: int, report: dict) -> dict:
+    bad = {key: report[key] for key in ("overflowing", "brokenFlags", "raw", "offScreen") if report[key]}
+    if report["pageScroll"] > 1:
+        bad["pageScroll"] = [report["pageScroll"], *report["widest"]]
+    if width >= 1400 and report["tableScroll"] and page in KEY_PAGES:  # on a wide screen every column shows
+        bad["tableScroll"] = report["tableScroll"]
+    if width >= 1400 and report["mathScroll"]:  # and every formula shows whole
+        bad["mathScroll"] = report["mathScroll"]
+    if page == "quickstart/" and report["codeCut"]:
+        bad["codeCut"] = report["codeCut"]
+    if report["mathTypeset"] != report["math"] or report["mathErrors"]:
+        bad["math"] = report
+    if page in METHOD_PAGES and not report["math"]:
+        bad["no math"] = report["math"]
+    return bad
+
+
+def test_every_page_fits_and_renders(served_site, browser):
     problems = {}
     for page in PAGES:
-        report = render(browser, served_site + page, width)
-        bad = {key: report[key] for key in ("overflowing", "brokenFlags", "raw", "offScreen") if report[key]}
-        if report["pageScroll"] > 1:
-            bad["pageScroll"] = [report["pageScroll"], *report["widest"]]
-        if (
-            width >= 1400 and report["tableScroll"] and page in KEY_PAGES
-        ):  # on a wide screen every column shows (the API fields, recipes)
-            bad["tableScroll"] = report["tableScroll"]
-        if width >= 1400 and report["mathScroll"]:  # and every formula shows whole
-            bad["mathScroll"] = report["mathScroll"]
-        if page == "quickstart/" and report["codeCut"]:
-            bad["codeCut"] = report["codeCut"]
-        if report["mathTypeset"] != report["math"] or report["mathErrors"]:
-            bad["math"] = report
-        if page in METHOD_PAGES and not report["math"]:
-            bad["no math"] = report["math"]
-        if bad:
-            problems[page or "home"] = bad
+        for width, report in render(browser, served_site + page).items():
+            bad = problems_of(page, width, report)
+            if bad:
+                problems[f"{page or 'home'} at {width} px"] = bad
     assert not problems, json.dumps(problems, indent=1)[:4000]
