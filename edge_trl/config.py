@@ -31,7 +31,7 @@ class EdgeGRPOConfig(GRPOConfig):
     Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline:
         gec, force_reflection, gec_reflection_cue, gec_answer_template, gec_{reflect,answer,solution}_prob,
         gec_max_new_tokens, gec_cue_in_budget, gec_answer_column, gec_solution_column, gec_reward_name, gec_correct_threshold,
-        gec_mask_injected
+        gec_mask_injected, gec_mask_wrong_prefix (experimental)
     DAPO dynamic sampling (Yu et al., arXiv 2503.14476, section 3.2):
         dynamic_sampling, dynamic_sampling_metric, max_num_gen_batches
     Covariance selection scope:
@@ -199,6 +199,15 @@ class EdgeGRPOConfig(GRPOConfig):
         metadata={
             "help": "GEC: exclude injected tokens (cue, injected answer, reference solution) from the loss through "
             "TRL's tool_mask. Default False: they are trained on, as in the paper."
+        },
+    )
+    gec_mask_wrong_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "GEC (experimental, not in the paper): exclude from the loss the policy's own wrong response that "
+            "a corrected response keeps before the cue or the injected answer (reflection and answer branches), "
+            "through TRL's tool_mask, so the corrected ending's advantage does not train the wrong prefix. "
+            "Combines with gec_mask_injected. Default False: the prefix is trained on, as in the paper."
         },
     )
 

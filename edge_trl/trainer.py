@@ -859,10 +859,10 @@ class EdgeGRPOTrainer(GRPOTrainer):
                 completions[i] = [{"role": "assistant", "content": text}] if conversational else text
                 if logprobs is not None:
                     logprobs[i] = corrections[i].sampled_logprobs
-        if args.gec_mask_injected:
+        if args.gec_mask_injected or args.gec_mask_wrong_prefix:
             tool_mask = [[1] * len(ids) for ids in completion_ids] if tool_mask is None else list(tool_mask)
             for i, correction in corrections.items():
-                tool_mask[i] = [0 if injected else 1 for injected in correction.injected]
+                tool_mask[i] = gec.loss_mask(correction, args.gec_mask_injected, args.gec_mask_wrong_prefix)
 
         self._log_gec(rewards, correct, corrections, local)
         return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images

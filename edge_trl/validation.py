@@ -149,5 +149,10 @@ def validate_edge_fields(config: Any, cov_modes: tuple[str, ...]) -> None:
         )
     if config.gec_max_new_tokens < 1:
         raise ValueError(f"gec_max_new_tokens={config.gec_max_new_tokens} must be >= 1.")
+    if getattr(config, "gec_mask_wrong_prefix", False) and not (config.gec or config.force_reflection):
+        raise ValueError(
+            "gec_mask_wrong_prefix=True masks the wrong prefix of corrected responses, but nothing is corrected: set "
+            "gec=True (or force_reflection=True), or drop gec_mask_wrong_prefix."
+        )
     if (config.gec or config.force_reflection) and config.use_vllm and config.vllm_mode not in ("server", "colocate"):
         raise ValueError(f"GEC supports vllm_mode 'server' and 'colocate', got vllm_mode={config.vllm_mode!r}.")
