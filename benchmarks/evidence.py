@@ -118,8 +118,8 @@ GRIDS: dict[str, dict[str, Any]] = {
     },
     "reflect": {
         "task": "reflect", "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge",
-        "dynamic-sampling"], "steps": 120, "eval_every": 30, "eval_problems": 48, "warmup_target": 0.1,
-        "warmup_min_steps": 300, "warmup_check_every": 100, "out": Path("benchmarks/results/evidence3/reflect"),
+        "dynamic-sampling"], "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1,
+        "warmup_min_steps": 300, "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect"),
     },
 }  # fmt: skip
 ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge")
