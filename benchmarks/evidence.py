@@ -29,6 +29,10 @@ Grids (``--grid``, issue 19), each a preset of the flags below that explicit fla
   steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
 * ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
   GEC masked, EDA and EDGE.
+* ``reflect``: round 3, part B: the same fixes plus ``gec-prefix-masked`` (GEC with ``gec_mask_wrong_prefix``) on
+  the task with worked sums, from a warm-up that teaches the cue " Wait!" to mean "redo it"
+  (``--task reflect``, ``edge_trl.embedded_reflect``); each warm-up records how often the cue turns its wrong
+  responses right, and GEC runs log how often the reflection branch does (``reflect/count``, ``reflect/fixed``).
 
 Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
 hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
@@ -44,6 +48,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py                 # the first grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
+    python benchmarks/evidence.py --grid reflect    # round 3, part B: 7 methods x 5 seeds x 200 steps, worked sums
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
 
