@@ -1020,6 +1020,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         infos = [json.loads(warm_up(cli.warmup_dir, s, cli).with_suffix(".json").read_text()) for s in cli.seeds]
         for info in infos:
             print(json.dumps(info), flush=True)
+        if cli.task == "reflect":  # the precondition, decided before any RL run
+            precondition = reflection_claims({"methods": {}}, [], infos)[0]
+            print(f"{precondition['claim']}: {precondition['verdict']} ({precondition['evidence']})", flush=True)
         return {"warmups": infos}
     if not cli.analyse_only:
         grid_path = cli.out / "grid.json"

@@ -124,7 +124,7 @@ def test_evidence_smoke_produces_every_column(tmp_path):
 
 
 @pytest.mark.slow
-def test_evidence_reflect_smoke(tmp_path):
+def test_evidence_reflect_smoke(tmp_path, capsys):
     """The reflect grid at smoke scale (worked sums, the reflective warm-up cut to one step, GRPO and GEC with the
     wrong prefix masked, 4 steps): the warm-up's reflection rates, the reflection branch's success during training,
     the pre-registered claims and the table are produced."""
@@ -148,6 +148,10 @@ def test_evidence_reflect_smoke(tmp_path):
     assert "precondition: after the warm-up the cue" in claims
     assert "gec-prefix-masked: the reflection branch turns more wrong responses right" in claims
     assert "GEC's reflection branch" in (out / "table.md").read_text()
+    # --warmups-only resumes the saved warm-up (no retraining) and decides the precondition before any run.
+    again = evidence.main(["--smoke", "--grid", "reflect", "--seeds", "0", "--out", str(out), "--warmups-only"])
+    assert again["warmups"] == summary["warmups"]
+    assert "precondition: after the warm-up the cue" in capsys.readouterr().out
 
 
 def test_reflect_task_traces_and_grid_preset():
