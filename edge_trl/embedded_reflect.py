@@ -226,14 +226,22 @@ def reflection_rates(model: Any, tokenizer: Any, seed: int = 0, samples: int = 4
       reflection branch exactly);
     * without it: prompt + response -> continuation (the model may stop, or go on by itself), right likewise.
 
-    Returns the counts and rates of both, and the first-try accuracy the wrong responses came from."""
+    Returns the counts and rates of both, the first-try accuracy, and ``fresh_try_rate``: for the same wrong
+    responses, the chance that a fresh first try at the same problem is right (the share of right responses among the
+    problem's other samples), what a reflection that merely starts over would reach."""
     from edge_trl.rewards import last_boxed
 
     problems = [row for rows in held_out_problems(num).values() for row in rows]
     texts = embedded.sample_completions(
         model, tokenizer, [p for p, _ in problems], samples=samples, seed=seed, max_new_tokens=MAX_TRACE
     )
-    wrong = [(p, t, a) for group, (p, a) in zip(texts, problems, strict=True) for t in group if last_boxed(t) != a]
+    wrong, fresh = [], 0.0
+    for group, (p, a) in zip(texts, problems, strict=True):
+        right = sum(last_boxed(t) == a for t in group)
+        for t in group:
+            if last_boxed(t) != a:
+                wrong.append((p, t, a))
+                fresh += right / max(samples - 1, 1)
     budget = len(CUE) + MAX_TRACE
     with_cue = continue_texts(model, tokenizer, [p + t + CUE for p, t, _ in wrong], budget, seed + 1)
     without = continue_texts(model, tokenizer, [p + t for p, t, _ in wrong], budget, seed + 1)
@@ -247,6 +255,7 @@ def reflection_rates(model: Any, tokenizer: Any, seed: int = 0, samples: int = 4
         "fixed_without_cue": fixed_none,
         "rate_with_cue": fixed_cue / max(len(wrong), 1),
         "rate_without_cue": fixed_none / max(len(wrong), 1),
+        "fresh_try_rate": fresh / max(len(wrong), 1),
         "example_with_cue": (wrong[0][0] + wrong[0][1] + CUE + with_cue[0]) if wrong else None,
         "example_without_cue": (wrong[0][0] + wrong[0][1] + "|" + without[0]) if wrong else None,
     }

@@ -141,6 +141,7 @@ def test_evidence_reflect_smoke(tmp_path, capsys):
     assert not any("reflect/count" in e for e in runs["grpo"]["logs"])
     (warmup,) = summary["warmups"]
     assert warmup["wrong_responses"] > 0 and 0 <= warmup["fixed_without_cue"] <= warmup["wrong_responses"]
+    assert 0.0 <= warmup["fresh_try_rate"] <= 1.0
     assert warmup["example_with_cue"].count(" Wait!") >= 1
     row = summary["table"]["methods"]["gec-prefix-masked"][0]
     assert 0.0 <= row["reflection success run"] <= 1.0
