@@ -157,7 +157,7 @@ def box_accuracy(texts: list[list[str]], problems: list[tuple[str, str]]) -> flo
 
 
 def warm_up(
-    out: Path, seed: int, *, hard_share: float = 0.5, error_share: float = 0.3, target: float = 0.1,
+    out: Path, seed: int, *, hard_share: float = 0.5, error_share: float = 0.5, target: float = 0.1,
     check_every: int = 100, min_steps: int = 300, max_steps: int = 4000, lr: float = 1e-3, batch: int = 64,
     reflection_problems: int = 64, log: Any = print,
 ) -> dict:  # fmt: skip
