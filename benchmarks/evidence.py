@@ -29,6 +29,10 @@ Grids (``--grid``, issue 19), each a preset of the flags below that explicit fla
   steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
 * ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
   GEC masked, EDA and EDGE.
+* ``reflect``: round 3, part B: the same fixes plus ``gec-prefix-masked`` (GEC with ``gec_mask_wrong_prefix``) on
+  the task with worked sums, from a warm-up that teaches the cue " Wait!" to mean "redo it"
+  (``--task reflect``, ``edge_trl.embedded_reflect``); each warm-up records how often the cue turns its wrong
+  responses right, and GEC runs log how often the reflection branch does (``reflect/count``, ``reflect/fixed``).
 
 Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
 hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
@@ -44,6 +48,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py                 # the first grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
+    python benchmarks/evidence.py --grid reflect    # round 3, part B: 7 methods x 5 seeds x 200 steps, worked sums
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
 
@@ -63,7 +68,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, TrainerCallback
 
-from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded
+from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer, embedded, embedded_reflect
 from edge_trl.core_algos import token_covariance
 from edge_trl.rewards import boxed_answer_matches, boxed_answer_reward, last_boxed
 from edge_trl.testing import quiet
@@ -99,6 +104,8 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     "gec-masked": {"gec": True, "gec_mask_injected": True, **SHORT_GEC},
     "eda": {"eda": True},
+    # The wrong prefix a reflection or an injected answer keeps carries no gradient (the credit-assignment reading).
+    "gec-prefix-masked": {"gec": True, "gec_mask_wrong_prefix": True, **SHORT_GEC},
 }
 FIRST_GRID_METHODS = ["grpo", "gec", "edge", "clip-cov", "kl-cov"]
 # Presets of the command-line flags; explicit flags override them.
@@ -114,8 +121,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         "out": Path("benchmarks/results/evidence2/advantage"),
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
     },
+    "reflect": {
+        "task": "reflect", "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge",
+        "dynamic-sampling"], "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1,
+        "warmup_min_steps": 300, "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect"),
+    },
 }  # fmt: skip
-ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "eda", "edge")
+ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge")
+GEC_METHODS = ("gec", "gec-masked", "gec-prefix-masked", "edge")
 COV_METHODS = ("clip-cov", "kl-cov")
 PARTS = ("easy", "hard", "all")
 MIN_SEEDS = 3  # fewer paired seeds than this: no verdict
@@ -128,8 +141,35 @@ LOG_COLUMNS = [
     "reward", "entropy", "edge/collapsed_group_share", "diag/cov", "edge/cov_mean", "edge/cov_selected_mean",
     "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
     "gec/collapsed_group_share_before", "gec/collapsed_group_share_after", "gec/reflect_count",
-    "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length",
+    "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length", "reflect/count",
+    "reflect/fixed",
 ]  # fmt: skip
+
+
+class Task:
+    """What a grid trains on: the embedded mixed-difficulty addition (``addition``), or its variant with worked sums
+    and a reflective warm-up (``reflect``, ``edge_trl.embedded_reflect``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        reflect = name == "reflect"
+        self.max_completion = embedded_reflect.MAX_TRACE if reflect else MAX_COMPLETION
+        self.held_out = embedded_reflect.held_out_problems if reflect else embedded.mixed_held_out_problems
+        self.dataset = embedded_reflect.dataset if reflect else embedded.mixed_addition_dataset
+        self.gec_settings = embedded_reflect.GEC_SETTINGS if reflect else {}
+
+    def strict(self, prompt: str, text: str, answer: str) -> bool:
+        """The strict grader: exactly ``\\boxed{answer}`` (addition) or exactly the correct worked sum (reflect)."""
+        if self.name == "reflect":
+            return embedded_reflect.is_exact_trace(prompt, text)
+        return boxed_answer_matches(text, answer, whole_text=True)
+
+    def warm_up(self, path: Path, seed: int, cli: argparse.Namespace) -> dict[str, Any]:
+        common = {"target": cli.warmup_target, "min_steps": cli.warmup_min_steps, "check_every": cli.warmup_check_every,
+                  "log": lambda m: print(m, flush=True)}  # fmt: skip
+        if self.name == "reflect":
+            return embedded_reflect.warm_up(path, seed, reflection_problems=cli.eval_problems, **common)
+        return embedded.mixed_warm_up(path, seed, **common)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -139,21 +179,26 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def grade(text: str, answer: str, grader: str) -> bool:
+def grade(text: str, answer: str, grader: str, task: Task | None = None, prompt: str = "") -> bool:
     if grader == "strict":
-        return boxed_answer_matches(text, answer, whole_text=True)
+        return (task or Task("addition")).strict(prompt, text, answer)
     return last_boxed(text) == answer
 
 
-def evaluate(model: Any, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], seed: int) -> dict[str, float]:
+def evaluate(
+    model: Any, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], seed: int, task: Task | None = None
+) -> dict[str, float]:
     """Held-out pass@k of every part and grader, from ``SAMPLES`` samples per problem."""
+    task = task or Task("addition")
     values: dict[str, float] = {}
     for part, rows in problems.items():
         texts = embedded.sample_completions(
-            model, tokenizer, [p for p, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=MAX_COMPLETION
+            model, tokenizer, [p for p, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=task.max_completion
         )
         for grader in GRADERS:
-            correct = [sum(grade(t, a, grader) for t in group) for group, (_, a) in zip(texts, rows, strict=True)]
+            correct = [
+                sum(grade(t, a, grader, task, p) for t in group) for group, (p, a) in zip(texts, rows, strict=True)
+            ]
             for k in KS:
                 values[f"{part}/{grader}/pass@{k}"] = statistics.fmean(pass_at_k(SAMPLES, c, k) for c in correct)
     for grader in GRADERS:  # equal numbers of easy and hard problems: "all" is their mean
@@ -167,8 +212,15 @@ class HeldOutPassAtK(TrainerCallback):
     """Measures held-out pass@k at step 0, every ``every`` steps and at the end, with the training seconds so far
     (wall time minus the time of these evaluations) and the machine's 1-minute load average."""
 
-    def __init__(self, tokenizer: Any, problems: dict[str, list[tuple[str, str]]], every: int, seed: int) -> None:
-        self.tokenizer, self.problems, self.every, self.seed = tokenizer, problems, every, seed
+    def __init__(
+        self,
+        tokenizer: Any,
+        problems: dict[str, list[tuple[str, str]]],
+        every: int,
+        seed: int,
+        task: Task | None = None,
+    ) -> None:
+        self.tokenizer, self.problems, self.every, self.seed, self.task = tokenizer, problems, every, seed, task
         self.trainer: DiagnosedTrainer | None = None  # set once the trainer exists: it counts the generated tokens
         self.points: list[dict[str, float]] = []
         self.start = self.eval_seconds = 0.0
@@ -176,7 +228,7 @@ class HeldOutPassAtK(TrainerCallback):
     def _measure(self, state: Any, model: Any) -> None:
         begin = time.perf_counter()
         # The same sampling seed for every method at a given step and run seed: common random numbers.
-        point = evaluate(model, self.tokenizer, self.problems, seed=self.seed * 100_003 + state.global_step)
+        point = evaluate(model, self.tokenizer, self.problems, self.seed * 100_003 + state.global_step, self.task)
         point.update(
             step=state.global_step,
             train_s=begin - self.start - self.eval_seconds,
@@ -205,6 +257,22 @@ class DiagnosedTrainer(EdgeGRPOTrainer):
 
     generated_tokens = 0
 
+    def _generate_reflections(self, prompts: list[list[int]]) -> tuple[list[list[int]], list | None]:
+        """GEC's reflection continuations, scored here (``reflect/*``): how many the reflection turns right, read
+        from the prompt's operands (a benchmark-side measure: the trainer does not score branches separately)."""
+        continuations, logprobs = super()._generate_reflections(prompts)
+        if prompts:
+            decode = self.processing_class.decode
+            fixed = 0
+            for prompt, continuation in zip(prompts, continuations, strict=True):
+                pair = embedded_reflect.operands(decode(prompt, skip_special_tokens=True))
+                text = decode(continuation, skip_special_tokens=True)
+                fixed += pair is not None and last_boxed(text) == str(sum(pair))
+            metrics = self._metrics["train"]
+            metrics["reflect/count"].append(float(len(prompts)))
+            metrics["reflect/fixed"].append(float(fixed))
+        return continuations, logprobs
+
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
         completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         self.generated_tokens += sum(len(ids) for ids in completion_ids)
@@ -219,7 +287,7 @@ class DiagnosedTrainer(EdgeGRPOTrainer):
         return super()._compute_loss(model, inputs)
 
 
-def start_collapse(model_dir: Path, seed: int, group_size: int = 8) -> dict[str, float]:
+def start_collapse(model_dir: Path, seed: int, group_size: int = 8, task: Task | None = None) -> dict[str, float]:
     """Advantage collapse at the start, per difficulty: the expected share of GRPO groups of ``group_size`` responses
     that are all wrong (no gradient) or all right, estimated from 16 samples per held-out problem without bias (the
     chance that ``group_size`` of the 16 samples drawn without replacement are all wrong: C(16 - c, g) / C(16, g))."""
@@ -228,9 +296,10 @@ def start_collapse(model_dir: Path, seed: int, group_size: int = 8) -> dict[str,
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     shares: dict[str, float] = {}
-    for part, rows in embedded.mixed_held_out_problems().items():
+    task = task or Task("addition")
+    for part, rows in task.held_out().items():
         texts = embedded.sample_completions(
-            model, tokenizer, [q for q, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=MAX_COMPLETION
+            model, tokenizer, [q for q, _ in rows], samples=SAMPLES, seed=seed, max_new_tokens=task.max_completion
         )
         correct = [sum(grade(t, a, "box") for t in group) for group, (_, a) in zip(texts, rows, strict=True)]
         total = math.comb(SAMPLES, group_size)
@@ -260,16 +329,10 @@ def warm_up(warmups: Path, seed: int, cli: argparse.Namespace) -> Path:
 
 def train_warm_up(path: Path, info_path: Path, seed: int, cli: argparse.Namespace) -> None:
     begin = time.perf_counter()
-    info = embedded.mixed_warm_up(
-        path,
-        seed,
-        target=cli.warmup_target,
-        min_steps=cli.warmup_min_steps,
-        check_every=cli.warmup_check_every,
-        log=lambda m: print(m, flush=True),
-    )
+    task = Task(cli.task)
+    info = task.warm_up(path, seed, cli)
     info["seconds"] = time.perf_counter() - begin
-    info.update(start_collapse(path, seed))
+    info.update(start_collapse(path, seed, task=task))
     info_path.write_text(json.dumps(info))  # last: it marks the warm-up complete
 
 
@@ -304,19 +367,21 @@ def save_session(grid_path: Path, session: dict[str, Any]) -> None:
 
 
 def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dict[str, Any]:
+    task = Task(cli.task)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    settings = {**METHODS[method], **(task.gec_settings if METHODS[method].get("gec") else {})}
     args = EdgeGRPOConfig(
         output_dir=str(cli.out / "tmp" / f"{method}-{seed}"), use_cpu=True, bf16=False, report_to="none",
         per_device_train_batch_size=cli.batch_size, steps_per_generation=cli.steps_per_generation, num_generations=8,
-        learning_rate=cli.learning_rate, max_completion_length=MAX_COMPLETION, max_steps=cli.steps, beta=0.0,
-        temperature=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=True, **METHODS[method],
+        learning_rate=cli.learning_rate, max_completion_length=task.max_completion, max_steps=cli.steps, beta=0.0,
+        temperature=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=True, **settings,
     )  # fmt: skip
-    problems = embedded.mixed_held_out_problems(cli.eval_problems)
-    held_out = HeldOutPassAtK(tokenizer, problems, cli.eval_every, seed)
+    problems = task.held_out(cli.eval_problems)
+    held_out = HeldOutPassAtK(tokenizer, problems, cli.eval_every, seed, task)
     prompts_needed = cli.steps * cli.batch_size // 8 + 64
     trainer = DiagnosedTrainer(
         str(model_dir), reward_funcs=boxed_answer_reward, args=args, processing_class=tokenizer,
-        train_dataset=embedded.mixed_addition_dataset(prompts_needed, seed=seed, hard_share=cli.train_hard_share),
+        train_dataset=task.dataset(prompts_needed, seed=seed, hard_share=cli.train_hard_share),
         callbacks=[held_out],
     )  # fmt: skip
     held_out.trainer = trainer
@@ -378,6 +443,17 @@ def log_mean(run: dict, key: str, first: float, last: float) -> float | None:
         return None
     begin = min(int(first * len(values)), len(values) - 1)
     return statistics.fmean(values[begin : max(math.ceil(last * len(values)), begin + 1)])
+
+
+def reflection_success(run: dict, first: float, last: float) -> float | None:
+    """GEC's reflection branch over the fraction [first, last) of the rollouts that reflected: the share of the
+    wrong responses it continued whose continuation's box is right (pooled over those rollouts)."""
+    rollouts = [e for e in run["logs"] if e.get("reflect/count")]
+    if not rollouts:
+        return None
+    begin = min(int(first * len(rollouts)), len(rollouts) - 1)
+    window = rollouts[begin : max(math.ceil(last * len(rollouts)), begin + 1)]
+    return sum(e["reflect/fixed"] for e in window) / sum(e["reflect/count"] for e in window)
 
 
 def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
@@ -459,6 +535,8 @@ def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, A
             for key in ("edge/clip_cov_selected_share", "edge/kl_cov_selected_share"):
                 values[key] = log_mean(r, key, 0.0, 1.0)
             values.update({f"cov {k}": v for k, v in covariance_diagnostic(r).items()})
+            for name, (first, last) in {"run": (0.0, 1.0), "first 20%": (0.0, 0.2), "last 20%": (0.8, 1.0)}.items():
+                values[f"reflection success {name}"] = reflection_success(r, first, last)
             values["mean load1"] = statistics.fmean(p["load1"] for p in r["evals"])
             per_run.append(values)
         table["methods"][method] = per_run
@@ -569,6 +647,8 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
         ci = paired_difference(table, method, "all/box/pass@16 at equal pass@1")
         add(f"{method} has higher pass@16 than GRPO at equal pass@1 (box, pass@1 = "
             f"{table['common_all_box_pass1']:.1%})", ci, f"pass@16 diff {fmt(ci)} points")  # fmt: skip
+    if any("rate_with_cue" in w for w in warmups):
+        rows.extend(reflection_claims(table, methods, warmups))
     every_run = [v for m in methods for v in table["methods"][m]]
     ci = bootstrap_ci([v["cov corr_cov_dH"] for v in every_run])
     pairs = [(v["cov cov_mean"], v["cov measured_total_dH"]) for v in every_run]
@@ -577,6 +657,72 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
         ci if len(every_run) >= MIN_SEEDS else None,
         f"mean within-run correlation {fmt(ci, False)}; across runs, corr(mean Cov, total dH) = {across:+.2f}",
         "lower")  # fmt: skip
+    return rows
+
+
+def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[str, str]]:
+    """The reflect grid's pre-registered claims (benchmarks/README.md, round 3 part B): the warm-up's precondition,
+    the reflection branch during training, the credit-assignment reading, and the verdict on GEC."""
+    rows: list[dict[str, str]] = []
+    cue, none, wrong = (sum(w[k] for w in warmups) for k in ("fixed_with_cue", "fixed_without_cue", "wrong_responses"))
+    (cue_low, cue_high), (none_low, none_high) = (embedded_reflect.wilson_interval(n, wrong) for n in (cue, none))
+    learnt = cue_low > none_high and (cue - none) / max(wrong, 1) >= 0.10
+    rows.append({
+        "claim": "precondition: after the warm-up the cue turns wrong responses right clearly more often than a "
+        "continuation without it (95% Wilson intervals apart and >= 10 points)",
+        "verdict": "held" if learnt else "not held",
+        "evidence": f"with the cue {cue}/{wrong} = {100 * cue / max(wrong, 1):.1f}% [{100 * cue_low:.1f}, "
+        f"{100 * cue_high:.1f}]; without {none}/{wrong} = {100 * none / max(wrong, 1):.1f}% [{100 * none_low:.1f}, "
+        f"{100 * none_high:.1f}] ({len(warmups)} warm-ups pooled)",
+    })  # fmt: skip
+    baseline = none / max(wrong, 1)
+    for method in [m for m in GEC_METHODS if m in methods]:
+        rows_ = table["methods"][method]
+        ci = summarise(rows_, "reflection success run")
+        rows.append({
+            "claim": f"{method}: the reflection branch turns more wrong responses right during training than the "
+            f"warm-up does without the cue ({100 * baseline:.1f}%)",
+            "verdict": "not measured" if ci is None else ("held" if ci[1] > baseline else "not held"),
+            "evidence": f"reflection success over the run {fmt(ci)} %",
+        })  # fmt: skip
+        first, last = summarise(rows_, "reflection success first 20%"), summarise(rows_, "reflection success last 20%")
+        diffs = [
+            v["reflection success last 20%"] - v["reflection success first 20%"]
+            for v in rows_
+            if v["reflection success last 20%"] is not None and v["reflection success first 20%"] is not None
+        ]
+        ci = bootstrap_ci(diffs) if len(diffs) >= MIN_SEEDS else None
+        rows.append({
+            "claim": f"{method}: the reflection branch's success rate rises during training (last 20% of rollouts - "
+            "first 20%)",
+            "verdict": verdict(ci),
+            "evidence": f"first 20% {fmt(first)} %, last 20% {fmt(last)} %; paired change {fmt(ci)} points",
+        })  # fmt: skip
+    if "gec-prefix-masked" in methods and "gec" in methods:
+        for k in (1, 16):
+            ci = paired_difference(table, "gec-prefix-masked", f"final hard/box/pass@{k}", baseline="gec")
+            rows.append({
+                "claim": f"credit assignment: masking the wrong prefix helps, gec-prefix-masked has higher hard "
+                f"pass@{k} than gec (equal steps, box)",
+                "verdict": verdict(ci), "evidence": f"hard pass@{k} gec-prefix-masked - gec {fmt(ci)} points",
+            })  # fmt: skip
+    for method in [m for m in ("gec", "edge") if m in methods]:
+        steps = paired_difference(table, method, "final hard/box/pass@1")
+        tokens = paired_difference(table, method, "equal-tokens hard/box/pass@1")
+        if steps is None:
+            reading = "not measured (< 3 seeds)"
+        elif steps[1] > 0 and (tokens is None or tokens[2] > 0):
+            reading = "helps once the model can reflect"
+        elif steps[2] < 0:
+            reading = "still hurts"
+        else:
+            reading = "cannot be told apart from GRPO"
+        rows.append({
+            "claim": f"verdict on {method} (pre-registered rule: helps = hard pass@1 above GRPO at equal steps, CI > 0, "
+            "and not significantly below at equal generated tokens; hurts = below at equal steps, CI < 0)",
+            "verdict": reading,
+            "evidence": f"hard pass@1 {method} - grpo: equal steps {fmt(steps)}, equal tokens {fmt(tokens)} points",
+        })  # fmt: skip
     return rows
 
 
@@ -720,6 +866,15 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
         lines += ["", *budget_table(table, methods)]
     if any(m in methods for m in COV_METHODS):
         lines += ["", *entropy_table(table, methods)]
+    reflecting = [m for m in methods if any(v.get("reflection success run") is not None for v in table["methods"][m])]
+    if reflecting:
+        lines += ["", "GEC's reflection branch: share of the wrong responses it continued whose box is then right, "
+                  "percent (mean over seeds [95% bootstrap interval]).", "",
+                  "| method | over the run | first 20% of rollouts | last 20% of rollouts |", "|---|---|---|---|"]  # fmt: skip
+        for method in reflecting:
+            cells = [percent_cell(table["methods"][method], f"reflection success {w}") for w in ("run", "first 20%",
+                     "last 20%")]  # fmt: skip
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -775,7 +930,9 @@ def entropy_table(table: dict, methods: list[str]) -> list[str]:
     return lines
 
 
-def analyse(out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | None = None) -> dict[str, Any]:
+def analyse(
+    out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | None = None, task: Task | None = None
+) -> dict[str, Any]:
     runs = {m: [] for m in methods}
     for path in sorted((out / "runs").glob("*.json")):
         r = json.loads(path.read_text())
@@ -788,7 +945,7 @@ def analyse(out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | 
     for path in sorted(warmup_dir.glob("seed-*.json")):
         info = json.loads(path.read_text())
         if "hard all-wrong share" not in info and (warmup_dir / path.stem / "config.json").exists():
-            info.update(start_collapse(warmup_dir / path.stem, info["seed"]))  # a grid from before this measure
+            info.update(start_collapse(warmup_dir / path.stem, info["seed"], task=task))  # a grid from before it
             path.write_text(json.dumps(info))
         if info["seed"] in seeds:
             warmups.append(info)
@@ -806,6 +963,7 @@ DEFAULTS: dict[str, Any] = {
     "grid": "first", "seeds": [0, 1, 2, 3, 4], "steps": 200, "batch_size": 32, "steps_per_generation": 4,
     "learning_rate": 1e-4, "eval_every": 50, "train_hard_share": 0.5, "eval_problems": 64, "warmup_target": 0.03,
     "warmup_min_steps": 150, "warmup_check_every": 50, "smoke": False, "analyse_only": False, "warmup_dir": None,
+    "task": "addition", "warmups_only": False,
 }  # fmt: skip
 
 
@@ -834,6 +992,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-check-every", type=int)
     parser.add_argument("--smoke", action="store_true", help="every method x 2 seeds x 4 steps, tiny evaluations")
     parser.add_argument("--analyse-only", action="store_true")
+    parser.add_argument("--task", choices=["addition", "reflect"],
+                        help="addition: answer with the box (rounds 1-2); reflect: worked sums and a reflective "
+                        "warm-up (edge_trl.embedded_reflect)")  # fmt: skip
+    parser.add_argument("--warmups-only", action="store_true",
+                        help="train (or resume) the seeds' warm-ups, print them, and stop")  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--warmup-dir", type=Path, help="where the warm-ups live (default: <out>/warmups)")
     given = vars(parser.parse_args(argv))
@@ -853,6 +1016,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cli = parse_args(argv)
     (cli.out / "runs").mkdir(parents=True, exist_ok=True)
+    if cli.warmups_only:
+        infos = [json.loads(warm_up(cli.warmup_dir, s, cli).with_suffix(".json").read_text()) for s in cli.seeds]
+        for info in infos:
+            print(json.dumps(info), flush=True)
+        if cli.task == "reflect":  # the precondition, decided before any RL run
+            precondition = reflection_claims({"methods": {}}, [], infos)[0]
+            print(f"{precondition['claim']}: {precondition['verdict']} ({precondition['evidence']})", flush=True)
+        return {"warmups": infos}
     if not cli.analyse_only:
         grid_path = cli.out / "grid.json"
         session = {
@@ -888,7 +1059,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir)
+    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, Task(cli.task))
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ class EdgeGRPOConfig(
     - Guided Error Correction (EDGE-GRPO) and the forced-reflection baseline: `gec`, `force_reflection`,
       `gec_reflection_cue`, `gec_answer_template`, `gec_reflect_prob`, `gec_answer_prob`, `gec_solution_prob`,
       `gec_max_new_tokens`, `gec_cue_in_budget`, `gec_answer_column`, `gec_solution_column`, `gec_reward_name`,
-      `gec_correct_threshold`, `gec_mask_injected`.
+      `gec_correct_threshold`, `gec_mask_injected`, `gec_mask_wrong_prefix` (experimental).
     - DAPO dynamic sampling (Yu et al., arXiv 2503.14476, section 3.2): `dynamic_sampling`,
       `dynamic_sampling_metric`, `max_num_gen_batches`.
     - Rewards: `reward_timeout`, `reward_kwargs`.

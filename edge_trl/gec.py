@@ -86,6 +86,20 @@ class Correction:
     generated_tokens: int = 0
     truncated: bool = False
     sampled_logprobs: list[float | None] | None = field(default=None, repr=False)
+    prefix_length: int = 0  # leading tokens that are the policy's own (wrong) response, kept by reflect / answer
+
+
+def loss_mask(correction: Correction, mask_injected: bool, mask_wrong_prefix: bool) -> list[int]:
+    """Which tokens of a corrected response the loss covers (1) or skips (0, through TRL's ``tool_mask``).
+
+    ``mask_injected``: the injected tokens (cue, answer text, reference solution) are skipped. ``mask_wrong_prefix``:
+    the first ``prefix_length`` tokens, the wrong response a reflection or an injected answer keeps, are skipped, so
+    the advantage the corrected ending earns does not reinforce the tokens that were wrong.
+    """
+    return [
+        0 if (mask_injected and injected) or (mask_wrong_prefix and k < correction.prefix_length) else 1
+        for k, injected in enumerate(correction.injected)
+    ]
 
 
 def _finish(
@@ -94,6 +108,7 @@ def _finish(
     max_length: int | None,
     logprobs: list[float | None] | None,
     generated: int = 0,
+    prefix_length: int = 0,
 ) -> Correction:
     # max_length None: no cap (the official code's budget, see EdgeGRPOConfig.gec_cue_in_budget).
     ids = [t for chunk, _ in parts for t in chunk]
@@ -106,6 +121,7 @@ def _finish(
         generated,
         truncated,
         None if logprobs is None else logprobs[:max_length],
+        min(prefix_length, len(ids[:max_length])),
     )
 
 
@@ -136,7 +152,7 @@ def reflect(
         cont = list(continuation_logprobs) if continuation_logprobs is not None else [None] * len(continuation_ids)
         logprobs = list(response_logprobs)[: len(body)] + [None] * len(cue_ids) + cont
     parts = [(body, False), (list(cue_ids), True), (list(continuation_ids), False)]
-    return _finish("reflect", parts, max_length, logprobs, generated=len(continuation_ids))
+    return _finish("reflect", parts, max_length, logprobs, generated=len(continuation_ids), prefix_length=len(body))
 
 
 def inject_answer(
@@ -154,7 +170,8 @@ def inject_answer(
     logprobs = None
     if response_logprobs is not None:
         logprobs = list(response_logprobs)[: len(body)] + [None] * (len(injection_ids) + len(tail))
-    return _finish("answer", [(body, False), (list(injection_ids) + tail, True)], max_length, logprobs)
+    parts = [(body, False), (list(injection_ids) + tail, True)]
+    return _finish("answer", parts, max_length, logprobs, prefix_length=len(body))
 
 
 def replace_with_solution(

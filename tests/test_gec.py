@@ -232,6 +232,50 @@ def test_gec_mask_injected_excludes_exactly_the_injected_tokens(tmp_path, tiny_m
         assert trainer.batch["tool_mask"][i, : len(ids)].tolist() == expected, i
 
 
+@pytest.mark.parametrize("mask_injected", [False, True])
+def test_gec_mask_wrong_prefix_excludes_exactly_the_kept_response(tmp_path, tiny_model_path, mask_injected):
+    trainer = make_trainer(tmp_path, tiny_model_path, gec_mask_wrong_prefix=True, gec_mask_injected=mask_injected)
+    trainer.train()
+    _, before_ids, *_ = trainer.corrections[0]["before"]
+    _, after_ids, tool_mask, *_ = trainer.corrections[0]["after"]
+    eos = trainer.eos_token_ids[0]
+    cue = trainer.processing_class(trainer.args.gec_reflection_cue, add_special_tokens=False)["input_ids"]
+    plan = branches_of(trainer, trainer.corrections[0])
+    assert {"reflect", "answer", "solution"} <= set(plan)
+    injected = 0 if mask_injected else 1
+    for i, ids in enumerate(after_ids):
+        body, _ = gec.strip_eos(before_ids[i], [eos])
+        if plan[i] == "reflect":  # the policy's wrong response, the injected cue, the sampled continuation
+            expected = [0] * len(body) + [injected] * len(cue) + [1] * (len(ids) - len(body) - len(cue))
+        elif plan[i] == "answer":  # the policy's wrong response, then the injected answer (and EOS)
+            expected = [0] * len(body) + [injected] * (len(ids) - len(body))
+        elif plan[i] == "solution":  # no prefix of the policy's: only injected tokens
+            expected = [injected] * len(ids)
+        else:
+            expected = [1] * len(ids)
+        assert tool_mask[i] == expected, (i, plan[i])
+        assert trainer.batch["tool_mask"][i, : len(ids)].tolist() == expected, i
+
+
+def test_loss_mask_of_a_cut_correction_covers_the_kept_prefix_only():
+    # A reflection cut inside the wrong response: every kept token is prefix; nothing of the cue survives.
+    cut = gec.reflect([5, 6, 7, 8, 1], [9, 9], [3, 4, 1], stop_token_ids=[1], max_length=3)
+    assert cut.completion_ids == [5, 6, 7] and cut.prefix_length == 3
+    assert gec.loss_mask(cut, mask_injected=False, mask_wrong_prefix=True) == [0, 0, 0]
+    whole = gec.reflect([5, 6, 1], [9, 9], [3, 1], stop_token_ids=[1], max_length=None)
+    assert whole.completion_ids == [5, 6, 9, 9, 3, 1]
+    assert gec.loss_mask(whole, mask_injected=False, mask_wrong_prefix=True) == [0, 0, 1, 1, 1, 1]
+    assert gec.loss_mask(whole, mask_injected=True, mask_wrong_prefix=True) == [0, 0, 0, 0, 1, 1]
+    assert gec.loss_mask(whole, mask_injected=False, mask_wrong_prefix=False) == [1] * 6
+    solution = gec.replace_with_solution([3, 4], [1], max_length=None)
+    assert solution.prefix_length == 0 and gec.loss_mask(solution, False, True) == [1, 1, 1]
+
+
+def test_gec_mask_wrong_prefix_needs_a_correction(tmp_path):
+    with pytest.raises(ValueError, match=r"gec_mask_wrong_prefix=True .* set gec=True"):
+        tiny_config(tmp_path, gec_mask_wrong_prefix=True)
+
+
 def test_gec_without_answer_column_fails_at_construction(tmp_path, tiny_model_path):
     dataset = DATASET.remove_columns("answer")
     with pytest.raises(ValueError, match=r"no column 'answer'.*gec_answer_column"):

@@ -79,6 +79,7 @@ def test_evidence_smoke_produces_every_column(tmp_path):
             "kl-cov": {"edge/kl_cov_selected_share", "edge/kl_cov_penalty"},
             "dynamic-sampling": {"dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share"},
             "gec-masked": {"gec/corrected_share", "gec/reflect_count"},
+            "gec-prefix-masked": {"gec/corrected_share", "gec/reflect_count"},
         }.get(r["method"], set())
         assert expected <= logged, r["method"]
     # Generated tokens count every generation call: 2 rollouts of 2 x 16 completions of at most 14 tokens for GRPO; GEC's
@@ -120,6 +121,57 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     assert "hard pass@16, equal tokens" in markdown and "entropy final / start" in markdown
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((out / "runs").glob("*.lock")) and not list((out / "warmups").glob("*.lock"))
+
+
+@pytest.mark.slow
+def test_evidence_reflect_smoke(tmp_path, capsys):
+    """The reflect grid at smoke scale (worked sums, the reflective warm-up cut to one step, GRPO and GEC with the
+    wrong prefix masked, 4 steps): the warm-up's reflection rates, the reflection branch's success during training,
+    the pre-registered claims and the table are produced."""
+    evidence = load_evidence()
+    out = tmp_path / "reflect"
+    summary = evidence.main(["--smoke", "--grid", "reflect", "--methods", "gec-prefix-masked", "--seeds", "0",
+                             "--out", str(out)])  # fmt: skip
+    runs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "runs").glob("*.json"))}
+    assert set(runs) == {"grpo", "gec-prefix-masked"}
+    # Worked sums are longer than a box: 2 rollouts of 32 completions, each at most a full trace.
+    assert 2 * 32 <= runs["grpo"]["gen_tokens"] <= 2 * 32 * evidence.embedded_reflect.MAX_TRACE
+    reflected = [e for e in runs["gec-prefix-masked"]["logs"] if e.get("reflect/count")]
+    assert reflected and all(0 <= e["reflect/fixed"] <= e["reflect/count"] for e in reflected)
+    assert not any("reflect/count" in e for e in runs["grpo"]["logs"])
+    (warmup,) = summary["warmups"]
+    assert warmup["wrong_responses"] > 0 and 0 <= warmup["fixed_without_cue"] <= warmup["wrong_responses"]
+    assert 0.0 <= warmup["fresh_try_rate"] <= 1.0
+    assert warmup["example_with_cue"].count(" Wait!") >= 1
+    row = summary["table"]["methods"]["gec-prefix-masked"][0]
+    assert 0.0 <= row["reflection success run"] <= 1.0
+    claims = " ".join(c["claim"] for c in summary["claims"])
+    assert "precondition: after the warm-up the cue" in claims
+    assert "gec-prefix-masked: the reflection branch turns more wrong responses right" in claims
+    assert "GEC's reflection branch" in (out / "table.md").read_text()
+    # --warmups-only resumes the saved warm-up (no retraining) and decides the precondition before any run.
+    again = evidence.main(["--smoke", "--grid", "reflect", "--seeds", "0", "--out", str(out), "--warmups-only"])
+    assert again["warmups"] == summary["warmups"]
+    assert "precondition: after the warm-up the cue" in capsys.readouterr().out
+
+
+def test_reflect_task_traces_and_grid_preset():
+    from edge_trl import embedded_reflect as reflect
+
+    assert reflect.trace(437, 285) == "7+5=12 3+8+1=12 4+2+1=7 \\boxed{722}"
+    assert reflect.trace(999, 999).endswith("\\boxed{1998}") and len(reflect.trace(999, 999)) + 1 == reflect.MAX_TRACE
+    wrong = reflect.trace(437, 285, wrong_column=1, delta=1)
+    assert wrong == "7+5=12 3+8+1=13 4+2+1=7 \\boxed{732}"  # the wrong column's carry and digits follow from it
+    assert reflect.is_exact_trace("437+285=", reflect.trace(437, 285)) and not reflect.is_exact_trace("437+285=", wrong)
+    evidence = load_evidence()
+    cli = evidence.parse_args(["--grid", "reflect"])
+    assert cli.task == "reflect" and set(cli.methods) == {"grpo", "gec", "gec-masked", "gec-prefix-masked", "eda",
+                                                          "edge", "dynamic-sampling"}  # fmt: skip
+    assert evidence.METHODS["gec-prefix-masked"]["gec_mask_wrong_prefix"] is True
+    task = evidence.Task("reflect")
+    assert task.max_completion == reflect.MAX_TRACE and task.gec_settings["gec_reflection_cue"] == " Wait!"
+    assert evidence.grade(reflect.trace(12, 34), "46", "strict", task, "12+34=")
+    assert not evidence.grade(reflect.trace(12, 34), "46", "strict", evidence.Task("addition"), "12+34=")
 
 
 def test_evidence_grid_presets_and_job_locks(tmp_path):

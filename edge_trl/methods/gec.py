@@ -106,6 +106,15 @@ class GECFields:
             "TRL's tool_mask. Default False: they are trained on, as in the paper."
         },
     )
+    gec_mask_wrong_prefix: bool = field(
+        default=False,
+        metadata={
+            "help": "GEC (experimental, not in the paper): exclude from the loss the policy's own wrong response that "
+            "a corrected response keeps before the cue or the injected answer (reflection and answer branches), "
+            "through TRL's tool_mask, so the corrected ending's advantage does not train the wrong prefix. "
+            "Combines with gec_mask_injected. Default False: the prefix is trained on, as in the paper."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -211,6 +220,11 @@ class GEC(Method):
             )
         if config.gec_max_new_tokens < 1:
             raise ValueError(f"gec_max_new_tokens={config.gec_max_new_tokens} must be >= 1.")
+        if config.gec_mask_wrong_prefix and not (config.gec or config.force_reflection):
+            raise ValueError(
+                "gec_mask_wrong_prefix=True masks the wrong prefix of corrected responses, but nothing is corrected: "
+                "set gec=True (or force_reflection=True), or drop gec_mask_wrong_prefix."
+            )
         if (
             (config.gec or config.force_reflection)
             and config.use_vllm
@@ -357,10 +371,10 @@ def correct_wrong_responses(trainer: Any, rows: list[dict[str, Any]], prompts: l
             completions[i] = [{"role": "assistant", "content": text}] if conversational else text
             if logprobs is not None:
                 logprobs[i] = corrections[i].sampled_logprobs
-    if args.gec_mask_injected:
+    if args.gec_mask_injected or args.gec_mask_wrong_prefix:
         tool_mask = [[1] * len(ids) for ids in completion_ids] if tool_mask is None else list(tool_mask)
         for i, correction in corrections.items():
-            tool_mask[i] = [0 if injected else 1 for injected in correction.injected]
+            tool_mask[i] = gec_tokens.loss_mask(correction, args.gec_mask_injected, args.gec_mask_wrong_prefix)
 
     _log_gec(trainer, rewards, correct, corrections, local)
     return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra_fields, images, tool_images
