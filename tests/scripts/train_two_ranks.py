@@ -33,7 +33,14 @@ FEATURES = {
     "core": ({"eda": True, "cov_mode": "kl_cov", "kl_cov_ratio": 0.05, "num_iterations": 2}, digit_share_reward),
     "gec": ({"eda": True, "gec": True, "gec_max_new_tokens": 96}, boxed_answer_reward),
     "gec_uneven": (
-        {"gec": True, "gec_max_new_tokens": 48, "per_device_train_batch_size": 4, "max_steps": 2, **GEC_REFLECT_ONLY},
+        {
+            "gec": True,
+            "gec_max_new_tokens": 48,
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "gec_reward_name": "rank_split_reward",  # correct at >= 1 (the default threshold)
+            **GEC_REFLECT_ONLY,
+        },
         rank_split_reward,
     ),
 }
