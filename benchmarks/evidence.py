@@ -99,6 +99,23 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     "gec-masked": {"gec": True, "gec_mask_injected": True, **SHORT_GEC},
     "eda": {"eda": True},
+    # TRL 1.16's own entropy controls, the tools a user would pick instead of Clip-Cov or KL-Cov (settings chosen on
+    # seed 0, benchmarks/results/evidence3/calibration): an entropy bonus, loss - coef * mean token entropy;
+    "entropy-bonus": {"entropy_coef": 1e-2},
+    # Skywork-OR1's adaptive coefficient: +delta per step while the entropy is at or below the target (and the bonus
+    # applies), -delta above it; the target is the easy-part rollouts' starting entropy;
+    "adaptive-entropy": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.16},
+    # the "80/20" rule: only the top 20% of tokens by entropy carry the policy loss (rho = 0.2);
+    "top-entropy-20": {"top_entropy_quantile": 0.2},
+    # DAPO's clip-higher: the upper PPO clip at 1 + 0.28, the lower at 1 - 0.2.
+    "clip-higher": {"epsilon_high": 0.28},
+}
+ENTROPY_PEERS = ("entropy-bonus", "adaptive-entropy", "top-entropy-20", "clip-higher")
+# Seed-0 variants the peers' settings were chosen from (``--methods``; not in the grids or the smoke test).
+CALIBRATION: dict[str, dict[str, Any]] = {
+    **{f"entropy-bonus-{c}": {"entropy_coef": float(c)} for c in ("1e-3", "1e-2", "1e-1")},
+    "adaptive-entropy-0.16": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.16},
+    "adaptive-entropy-0.12": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.12},
 }
 FIRST_GRID_METHODS = ["grpo", "gec", "edge", "clip-cov", "kl-cov"]
 # Presets of the command-line flags; explicit flags override them.
@@ -108,6 +125,13 @@ GRIDS: dict[str, dict[str, Any]] = {
         "methods": ["grpo", "clip-cov", "kl-cov"], "train_hard_share": 0.0, "learning_rate": 2e-4, "steps": 3000,
         "eval_every": 250, "out": Path("benchmarks/results/evidence2/entropy"),
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+    },
+    # Round 3: the entropy grid's setting, its GRPO, Clip-Cov and KL-Cov runs read from round 2 (not rerun).
+    "peers": {
+        "methods": ["grpo", "clip-cov", "kl-cov", *ENTROPY_PEERS], "train_hard_share": 0.0, "learning_rate": 2e-4,
+        "steps": 3000, "eval_every": 250, "out": Path("benchmarks/results/evidence3/peers"),
+        "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+        "reuse": [Path("benchmarks/results/evidence2/entropy/runs")],
     },
     "advantage": {
         "methods": ["grpo", "dynamic-sampling", "gec", "gec-masked", "eda", "edge"],
@@ -128,7 +152,7 @@ LOG_COLUMNS = [
     "reward", "entropy", "edge/collapsed_group_share", "diag/cov", "edge/cov_mean", "edge/cov_selected_mean",
     "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
     "gec/collapsed_group_share_before", "gec/collapsed_group_share_after", "gec/reflect_count",
-    "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length",
+    "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length", "entropy_coef",
 ]  # fmt: skip
 
 
@@ -309,7 +333,7 @@ def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dic
         output_dir=str(cli.out / "tmp" / f"{method}-{seed}"), use_cpu=True, bf16=False, report_to="none",
         per_device_train_batch_size=cli.batch_size, steps_per_generation=cli.steps_per_generation, num_generations=8,
         learning_rate=cli.learning_rate, max_completion_length=MAX_COMPLETION, max_steps=cli.steps, beta=0.0,
-        temperature=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=True, **METHODS[method],
+        temperature=1.0, logging_steps=1, save_strategy="no", seed=seed, disable_tqdm=True, **{**METHODS, **CALIBRATION}[method],
     )  # fmt: skip
     problems = embedded.mixed_held_out_problems(cli.eval_problems)
     held_out = HeldOutPassAtK(tokenizer, problems, cli.eval_every, seed)
@@ -569,6 +593,8 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
         ci = paired_difference(table, method, "all/box/pass@16 at equal pass@1")
         add(f"{method} has higher pass@16 than GRPO at equal pass@1 (box, pass@1 = "
             f"{table['common_all_box_pass1']:.1%})", ci, f"pass@16 diff {fmt(ci)} points")  # fmt: skip
+    if any(m in methods for m in ENTROPY_PEERS):
+        rows.extend(peer_claims(table, methods))
     every_run = [v for m in methods for v in table["methods"][m]]
     ci = bootstrap_ci([v["cov corr_cov_dH"] for v in every_run])
     pairs = [(v["cov cov_mean"], v["cov measured_total_dH"]) for v in every_run]
@@ -578,6 +604,81 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
         f"mean within-run correlation {fmt(ci, False)}; across runs, corr(mean Cov, total dH) = {across:+.2f}",
         "lower")  # fmt: skip
     return rows
+
+
+# The peers' comparisons: (measure, table key, better direction, claim wording, percent points or ratio).
+PEER_MEASURES = (
+    ("entropy kept", "entropy final / start", "higher", "keeps more entropy (final / start) than", False),
+    ("pass@1 cost", "final all/box/pass@1", "lower", "has lower pass@1 (a cost, equal steps, box) than", True),
+    ("pass@16, equal steps", "final all/box/pass@16", "higher", "has higher pass@16 (equal steps, box) than", True),
+    ("pass@16, equal pass@1", "all/box/pass@16 at equal pass@1", "higher", "has higher pass@16 at equal pass@1 than",
+     True),
+)  # fmt: skip
+# A seed is unstable when its entropy ends above this multiple of its start (the bonus's runaway entropy) ...
+ENTROPY_RUNAWAY = 1.5
+# ... or its all-problem pass@1 ends this much below its start (a collapse; GRPO gains about 21 points here).
+PASS1_COLLAPSE = 0.05
+
+
+def peer_baselines(methods: list[str]) -> list[str]:
+    return [m for m in ("grpo", *COV_METHODS) if m in methods]
+
+
+def peer_claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
+    """TRL's entropy controls against GRPO and against each Cov method, paired by seed; then every method's
+    stability (no seed whose entropy runs away or whose pass@1 collapses)."""
+    rows = []
+    for method in [m for m in methods if m in ENTROPY_PEERS]:
+        for baseline in peer_baselines(methods):
+            for _, key, better, wording, percent in PEER_MEASURES:
+                ci = paired_difference(table, method, key, baseline=baseline)
+                unit = " points" if percent else ""
+                rows.append({"claim": f"{method} {wording} {baseline}", "verdict": verdict(ci, better),
+                             "evidence": f"{key}: {method} - {baseline} {fmt(ci, percent)}{unit}"})  # fmt: skip
+    for method in methods:
+        unstable = unstable_seeds(table["methods"][method])
+        rows.append({
+            "claim": f"{method} is stable: no seed's entropy ends above {ENTROPY_RUNAWAY}x its start and no seed's "
+            f"all pass@1 ends {100 * PASS1_COLLAPSE:.0f}+ points below its start",
+            "verdict": "held" if not unstable else f"not held ({len(unstable)} of {len(table['methods'][method])} seeds)",
+            "evidence": "; ".join(unstable) or "every seed: entropy final / start "
+            + ", ".join(f"{v['entropy final / start']:.2f}" for v in table["methods"][method]),
+        })  # fmt: skip
+    return rows
+
+
+def unstable_seeds(per_run: list[dict]) -> list[str]:
+    """The seeds whose entropy runs away or whose pass@1 collapses, each with why."""
+    found = []
+    for v in per_run:
+        change = v["final all/box/pass@1"] - v["start all/box/pass@1"]
+        if v["entropy final / start"] > ENTROPY_RUNAWAY or change < -PASS1_COLLAPSE:
+            found.append(f"seed {v['seed']}: entropy final / start {v['entropy final / start']:.2f}, all pass@1 "
+                         f"{100 * v['start all/box/pass@1']:.1f} -> {100 * v['final all/box/pass@1']:.1f}")  # fmt: skip
+    return found
+
+
+def peer_matrix(table: dict, methods: list[str]) -> list[str]:
+    """Each measure as a matrix: a row per method, a column per baseline, paired differences over seeds."""
+    baselines = peer_baselines(methods)
+    lines = []
+    for title, key, better, _, percent in PEER_MEASURES:
+        unit = "percent points" if percent else "ratio"
+        lines += [f"{title}: {key}, method - baseline ({unit}, mean [95% CI]; the method's claim is {better}):", "",
+                  "| method | " + " | ".join(f"- {b}" for b in baselines) + " |",
+                  "|---|" + "---|" * len(baselines)]  # fmt: skip
+        for method in [m for m in methods if m not in ("grpo",)]:
+            cells = []
+            for baseline in baselines:
+                if baseline == method or (method in COV_METHODS and baseline in COV_METHODS):
+                    cells.append("-")
+                    continue
+                ci = paired_difference(table, method, key, baseline=baseline)
+                cells.append(fmt(ci, percent) + (" *" if ci is not None and significance(ci) == "significant" else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("*: the 95% interval excludes 0 (paired by seed).")
+    return lines
 
 
 def entropy_collapse_claims(table: dict, vanilla: list[dict]) -> list[dict[str, str]]:
@@ -720,6 +821,8 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
         lines += ["", *budget_table(table, methods)]
     if any(m in methods for m in COV_METHODS):
         lines += ["", *entropy_table(table, methods)]
+    if any(m in methods for m in ENTROPY_PEERS):
+        lines += ["", *peer_matrix(table, methods)]
     return "\n".join(lines) + "\n"
 
 
@@ -775,12 +878,18 @@ def entropy_table(table: dict, methods: list[str]) -> list[str]:
     return lines
 
 
-def analyse(out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | None = None) -> dict[str, Any]:
+def analyse(
+    out: Path,
+    methods: list[str],
+    seeds: list[int],
+    warmup_dir: Path | None = None,
+    reuse: list[Path] = (),
+) -> dict[str, Any]:
     runs = {m: [] for m in methods}
-    for path in sorted((out / "runs").glob("*.json")):
+    for path in sorted(p for folder in [out / "runs", *reuse] for p in folder.glob("*.json")):
         r = json.loads(path.read_text())
-        if r["method"] in runs and r["seed"] in seeds:
-            runs[r["method"]].append(r)
+        if r["method"] in runs and r["seed"] in seeds and all(o["seed"] != r["seed"] for o in runs[r["method"]]):
+            runs[r["method"]].append(r)  # the grid's own run first, a reused one only where it has none
     methods = [m for m in methods if runs[m]]
     table = metric_table(runs, methods)
     warmups = []
@@ -806,6 +915,7 @@ DEFAULTS: dict[str, Any] = {
     "grid": "first", "seeds": [0, 1, 2, 3, 4], "steps": 200, "batch_size": 32, "steps_per_generation": 4,
     "learning_rate": 1e-4, "eval_every": 50, "train_hard_share": 0.5, "eval_problems": 64, "warmup_target": 0.03,
     "warmup_min_steps": 150, "warmup_check_every": 50, "smoke": False, "analyse_only": False, "warmup_dir": None,
+    "reuse": [],
 }  # fmt: skip
 
 
@@ -818,7 +928,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=list(GRIDS),
                         help="a preset of the flags below (see the module's docstring; default first); explicit "
                         "flags override it")  # fmt: skip
-    parser.add_argument("--methods", nargs="*", choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", choices=[*METHODS, *CALIBRATION])
     parser.add_argument("--seeds", nargs="*", type=int)
     parser.add_argument("--steps", type=int, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, help="completions per optimizer mini-batch")
@@ -836,6 +946,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--analyse-only", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--warmup-dir", type=Path, help="where the warm-ups live (default: <out>/warmups)")
+    parser.add_argument("--reuse", nargs="*", type=Path,
+                        help="runs folders of the same setting whose runs are read, not rerun (the peers grid: round "
+                        "2's entropy runs)")  # fmt: skip
     given = vars(parser.parse_args(argv))
     cli = argparse.Namespace(**{**DEFAULTS, **GRIDS[given.get("grid", DEFAULTS["grid"])], **given})
     if cli.warmup_dir is None or ("out" in given and "warmup_dir" not in given):
@@ -867,6 +980,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for done, (seed, method) in enumerate(jobs, start=1):
             path = cli.out / "runs" / f"{method}-{seed}.json"
             lock = path.with_suffix(".lock")
+            if any((folder / path.name).exists() for folder in cli.reuse):
+                continue  # a saved run of the same setting
             if path.exists() or not take_job(lock):
                 continue
             try:
@@ -888,7 +1003,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir)
+    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, cli.reuse)
 
 
 if __name__ == "__main__":
