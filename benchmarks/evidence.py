@@ -616,7 +616,8 @@ PEER_MEASURES = (
 )  # fmt: skip
 # A seed is unstable when its entropy ends above this multiple of its start (the bonus's runaway entropy) ...
 ENTROPY_RUNAWAY = 1.5
-# ... or its all-problem pass@1 ends this much below its start (a collapse; GRPO gains about 21 points here).
+# ... or its all-problem pass@1, by either grader, ends this much below its start (a collapse; GRPO gains about 21
+# points here). The strict grader catches a policy that keeps the box right but writes other text around it.
 PASS1_COLLAPSE = 0.05
 
 
@@ -639,7 +640,7 @@ def peer_claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
         unstable = unstable_seeds(table["methods"][method])
         rows.append({
             "claim": f"{method} is stable: no seed's entropy ends above {ENTROPY_RUNAWAY}x its start and no seed's "
-            f"all pass@1 ends {100 * PASS1_COLLAPSE:.0f}+ points below its start",
+            f"all pass@1 (box or strict) ends {100 * PASS1_COLLAPSE:.0f}+ points below its start",
             "verdict": "held" if not unstable else f"not held ({len(unstable)} of {len(table['methods'][method])} seeds)",
             "evidence": "; ".join(unstable) or "every seed: entropy final / start "
             + ", ".join(f"{v['entropy final / start']:.2f}" for v in table["methods"][method]),
@@ -651,10 +652,11 @@ def unstable_seeds(per_run: list[dict]) -> list[str]:
     """The seeds whose entropy runs away or whose pass@1 collapses, each with why."""
     found = []
     for v in per_run:
-        change = v["final all/box/pass@1"] - v["start all/box/pass@1"]
-        if v["entropy final / start"] > ENTROPY_RUNAWAY or change < -PASS1_COLLAPSE:
+        drop = min(v[f"final all/{g}/pass@1"] - v[f"start all/{g}/pass@1"] for g in GRADERS)
+        if v["entropy final / start"] > ENTROPY_RUNAWAY or drop < -PASS1_COLLAPSE:
             found.append(f"seed {v['seed']}: entropy final / start {v['entropy final / start']:.2f}, all pass@1 "
-                         f"{100 * v['start all/box/pass@1']:.1f} -> {100 * v['final all/box/pass@1']:.1f}")  # fmt: skip
+                         + ", ".join(f"{g} {100 * v[f'start all/{g}/pass@1']:.1f} -> "
+                                     f"{100 * v[f'final all/{g}/pass@1']:.1f}" for g in GRADERS))  # fmt: skip
     return found
 
 
