@@ -126,12 +126,13 @@ GRIDS: dict[str, dict[str, Any]] = {
         "eval_every": 250, "out": Path("benchmarks/results/evidence2/entropy"),
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
     },
-    # Round 3: the entropy grid's setting, its GRPO, Clip-Cov and KL-Cov runs read from round 2 (not rerun).
+    # Round 3: the entropy grid's setting; Clip-Cov's and KL-Cov's runs are read from round 2, GRPO is run again
+    # (round 2's runs do not reproduce bit for bit in this software environment: benchmarks/README.md).
     "peers": {
         "methods": ["grpo", "clip-cov", "kl-cov", *ENTROPY_PEERS], "train_hard_share": 0.0, "learning_rate": 2e-4,
         "steps": 3000, "eval_every": 250, "out": Path("benchmarks/results/evidence3/peers"),
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
-        "reuse": [Path("benchmarks/results/evidence2/entropy/runs")],
+        "reuse": [Path("benchmarks/results/evidence2/entropy/runs")], "reuse_methods": ["clip-cov", "kl-cov"],
     },
     "advantage": {
         "methods": ["grpo", "dynamic-sampling", "gec", "gec-masked", "eda", "edge"],
@@ -886,10 +887,13 @@ def analyse(
     seeds: list[int],
     warmup_dir: Path | None = None,
     reuse: list[Path] = (),
+    reuse_methods: list[str] | None = None,
 ) -> dict[str, Any]:
     runs = {m: [] for m in methods}
     for path in sorted(p for folder in [out / "runs", *reuse] for p in folder.glob("*.json")):
         r = json.loads(path.read_text())
+        if path.parent != out / "runs" and not reused(r["method"], reuse_methods):
+            continue
         if r["method"] in runs and r["seed"] in seeds and all(o["seed"] != r["seed"] for o in runs[r["method"]]):
             runs[r["method"]].append(r)  # the grid's own run first, a reused one only where it has none
     methods = [m for m in methods if runs[m]]
@@ -917,7 +921,7 @@ DEFAULTS: dict[str, Any] = {
     "grid": "first", "seeds": [0, 1, 2, 3, 4], "steps": 200, "batch_size": 32, "steps_per_generation": 4,
     "learning_rate": 1e-4, "eval_every": 50, "train_hard_share": 0.5, "eval_problems": 64, "warmup_target": 0.03,
     "warmup_min_steps": 150, "warmup_check_every": 50, "smoke": False, "analyse_only": False, "warmup_dir": None,
-    "reuse": [],
+    "reuse": [], "reuse_methods": None,
 }  # fmt: skip
 
 
@@ -951,6 +955,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse", nargs="*", type=Path,
                         help="runs folders of the same setting whose runs are read, not rerun (the peers grid: round "
                         "2's entropy runs)")  # fmt: skip
+    parser.add_argument("--reuse-methods", nargs="*", choices=list(METHODS),
+                        help="the methods whose runs --reuse provides (default: every method)")  # fmt: skip
     given = vars(parser.parse_args(argv))
     cli = argparse.Namespace(**{**DEFAULTS, **GRIDS[given.get("grid", DEFAULTS["grid"])], **given})
     if cli.warmup_dir is None or ("out" in given and "warmup_dir" not in given):
@@ -982,7 +988,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for done, (seed, method) in enumerate(jobs, start=1):
             path = cli.out / "runs" / f"{method}-{seed}.json"
             lock = path.with_suffix(".lock")
-            if any((folder / path.name).exists() for folder in cli.reuse):
+            if reused(method, cli.reuse_methods) and any((folder / path.name).exists() for folder in cli.reuse):
                 continue  # a saved run of the same setting
             if path.exists() or not take_job(lock):
                 continue
@@ -1005,7 +1011,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, cli.reuse)
+    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, cli.reuse, cli.reuse_methods)
+
+
+def reused(method: str, reuse_methods: list[str] | None) -> bool:
+    return reuse_methods is None or method in reuse_methods
 
 
 if __name__ == "__main__":

@@ -123,13 +123,14 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((out / "runs").glob("*.lock")) and not list((out / "warmups").glob("*.lock"))
 
-    # Round 3: TRL's entropy controls on seed 0; the first grid's runs of the baselines are read, not rerun.
+    # Round 3: TRL's entropy controls on seed 0; the first grid's Clip-Cov and KL-Cov runs are read, not rerun, and
+    # GRPO is run again (--reuse-methods).
     peers_out = tmp_path / "peers"
     peers = evidence.main(["--smoke", "--grid", "peers", "--methods", *evidence.GRIDS["peers"]["methods"], "--seeds",
                            "0", "--out", str(peers_out), "--warmup-dir", str(out / "warmups"), "--reuse",
                            str(out / "runs")])  # fmt: skip
     ran = sorted(p.stem for p in (peers_out / "runs").glob("*.json"))
-    assert ran == sorted(f"{m}-0" for m in evidence.ENTROPY_PEERS)
+    assert ran == sorted(f"{m}-0" for m in ["grpo", *evidence.ENTROPY_PEERS])
     table = peers["table"]["methods"]
     assert list(table) == ["grpo", "clip-cov", "kl-cov", *evidence.ENTROPY_PEERS]
     reused = json.loads((out / "runs" / "kl-cov-0.json").read_text())
@@ -169,11 +170,12 @@ def test_evidence_grid_presets_and_job_locks(tmp_path):
     assert overridden.steps == 10 and overridden.warmup_dir == tmp_path / "x" / "warmups"
     first = evidence.parse_args([])
     assert (first.steps, first.train_hard_share, first.methods) == (200, 0.5, evidence.FIRST_GRID_METHODS)
-    # Round 3: the entropy grid's setting; its GRPO, Clip-Cov and KL-Cov runs are read from round 2.
+    # Round 3: the entropy grid's setting; its Clip-Cov and KL-Cov runs are read from round 2, GRPO is run again.
     peers = evidence.parse_args(["--grid", "peers"])
     assert (peers.steps, peers.learning_rate, peers.train_hard_share) == (3000, 2e-4, 0.0)
     assert peers.methods == ["grpo", "clip-cov", "kl-cov", *evidence.ENTROPY_PEERS]
     assert peers.reuse == [evidence.GRIDS["entropy"]["out"] / "runs"] and peers.warmup_dir == entropy.warmup_dir
+    assert peers.reuse_methods == ["clip-cov", "kl-cov"]
     assert evidence.METHODS["top-entropy-20"] == {"top_entropy_quantile": 0.2}
     assert evidence.METHODS["clip-higher"] == {"epsilon_high": 0.28}
 
