@@ -28,7 +28,11 @@ Grids (``--grid``, issue 19), each a preset of the flags below that explicit fla
 * ``entropy``: entropy collapse for real: GRPO, Clip-Cov and KL-Cov trained on the easy part only at 2e-4 for 3,000
   steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
 * ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
-  GEC masked, EDA and EDGE.
+  GEC masked, EDA and EDGE;
+* ``peers``: Clip-Cov and KL-Cov against TRL's own entropy controls in the ``entropy`` grid's setting: an entropy
+  bonus (``entropy_coef``), Skywork-OR1's adaptive coefficient (``use_adaptive_entropy``), the 80/20 rule
+  (``top_entropy_quantile=0.2``) and DAPO's clip-higher (``epsilon_high=0.28``), with GRPO run again; Clip-Cov's and
+  KL-Cov's runs are read from the ``entropy`` grid (``--reuse``, ``--reuse-methods``), not rerun.
 
 Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
 hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
@@ -44,6 +48,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py                 # the first grid: 5 methods x 5 seeds, 38 min on 2 loaded cores
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
+    python benchmarks/evidence.py --grid peers      # round 3, part A: GRPO and 4 TRL entropy controls x 5 seeds
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
 
@@ -131,7 +136,7 @@ GRIDS: dict[str, dict[str, Any]] = {
     "peers": {
         "methods": ["grpo", "clip-cov", "kl-cov", *ENTROPY_PEERS], "train_hard_share": 0.0, "learning_rate": 2e-4,
         "steps": 3000, "eval_every": 250, "out": Path("benchmarks/results/evidence3/peers"),
-        "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+        "warmup_dir": Path("benchmarks/results/evidence3/peers/warmups"),  # rebuilt here: they differ from round 2's
         "reuse": [Path("benchmarks/results/evidence2/entropy/runs")], "reuse_methods": ["clip-cov", "kl-cov"],
     },
     "advantage": {

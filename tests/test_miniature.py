@@ -174,7 +174,8 @@ def test_evidence_grid_presets_and_job_locks(tmp_path):
     peers = evidence.parse_args(["--grid", "peers"])
     assert (peers.steps, peers.learning_rate, peers.train_hard_share) == (3000, 2e-4, 0.0)
     assert peers.methods == ["grpo", "clip-cov", "kl-cov", *evidence.ENTROPY_PEERS]
-    assert peers.reuse == [evidence.GRIDS["entropy"]["out"] / "runs"] and peers.warmup_dir == entropy.warmup_dir
+    assert peers.reuse == [evidence.GRIDS["entropy"]["out"] / "runs"]
+    assert peers.warmup_dir == peers.out / "warmups" != entropy.warmup_dir  # rebuilt in this environment
     assert peers.reuse_methods == ["clip-cov", "kl-cov"]
     assert evidence.METHODS["top-entropy-20"] == {"top_entropy_quantile": 0.2}
     assert evidence.METHODS["clip-higher"] == {"epsilon_high": 0.28}
