@@ -28,7 +28,11 @@ Grids (``--grid``, issue 19), each a preset of the flags below that explicit fla
 * ``entropy``: entropy collapse for real: GRPO, Clip-Cov and KL-Cov trained on the easy part only at 2e-4 for 3,000
   steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
 * ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
-  GEC masked, EDA and EDGE.
+  GEC masked, EDA and EDGE;
+* ``peers``: Clip-Cov and KL-Cov against TRL's own entropy controls in the ``entropy`` grid's setting: an entropy
+  bonus (``entropy_coef``), Skywork-OR1's adaptive coefficient (``use_adaptive_entropy``), the 80/20 rule
+  (``top_entropy_quantile=0.2``) and DAPO's clip-higher (``epsilon_high=0.28``), with GRPO run again; Clip-Cov's and
+  KL-Cov's runs are read from the ``entropy`` grid (``--reuse``, ``--reuse-methods``), not rerun.
 * ``reflect``: round 3, part B: the same fixes plus ``gec-prefix-masked`` (GEC with ``gec_mask_wrong_prefix``) on
   the task with worked sums, from a warm-up that teaches the cue " Wait!" to mean "redo it"
   (``--task reflect``, ``edge_trl.embedded_reflect``); each warm-up records how often the cue turns its wrong
@@ -49,6 +53,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
     python benchmarks/evidence.py --grid reflect    # round 3, part B: 7 methods x 5 seeds x 200 steps, worked sums
+    python benchmarks/evidence.py --grid peers      # round 3, part A: GRPO and 4 TRL entropy controls x 5 seeds
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
 
@@ -106,6 +111,23 @@ METHODS: dict[str, dict[str, Any]] = {
     "eda": {"eda": True},
     # The wrong prefix a reflection or an injected answer keeps carries no gradient (the credit-assignment reading).
     "gec-prefix-masked": {"gec": True, "gec_mask_wrong_prefix": True, **SHORT_GEC},
+    # TRL 1.16's own entropy controls, the tools a user would pick instead of Clip-Cov or KL-Cov (settings chosen on
+    # seed 0, benchmarks/results/evidence3/calibration): an entropy bonus, loss - coef * mean token entropy;
+    "entropy-bonus": {"entropy_coef": 1e-2},
+    # Skywork-OR1's adaptive coefficient: +delta per step while the entropy is at or below the target (and the bonus
+    # applies), -delta above it; the target is the easy-part rollouts' starting entropy;
+    "adaptive-entropy": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.16},
+    # the "80/20" rule: only the top 20% of tokens by entropy carry the policy loss (rho = 0.2);
+    "top-entropy-20": {"top_entropy_quantile": 0.2},
+    # DAPO's clip-higher: the upper PPO clip at 1 + 0.28, the lower at 1 - 0.2.
+    "clip-higher": {"epsilon_high": 0.28},
+}
+ENTROPY_PEERS = ("entropy-bonus", "adaptive-entropy", "top-entropy-20", "clip-higher")
+# Seed-0 variants the peers' settings were chosen from (``--methods``; not in the grids or the smoke test).
+CALIBRATION: dict[str, dict[str, Any]] = {
+    **{f"entropy-bonus-{c}": {"entropy_coef": float(c)} for c in ("1e-3", "1e-2", "1e-1")},
+    "adaptive-entropy-0.16": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.16},
+    "adaptive-entropy-0.12": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.12},
 }
 FIRST_GRID_METHODS = ["grpo", "gec", "edge", "clip-cov", "kl-cov"]
 # Presets of the command-line flags; explicit flags override them.
@@ -115,6 +137,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         "methods": ["grpo", "clip-cov", "kl-cov"], "train_hard_share": 0.0, "learning_rate": 2e-4, "steps": 3000,
         "eval_every": 250, "out": Path("benchmarks/results/evidence2/entropy"),
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
+    },
+    # Round 3: the entropy grid's setting; Clip-Cov's and KL-Cov's runs are read from round 2, GRPO is run again
+    # (round 2's runs do not reproduce bit for bit in this software environment: benchmarks/README.md).
+    "peers": {
+        "methods": ["grpo", "clip-cov", "kl-cov", *ENTROPY_PEERS], "train_hard_share": 0.0, "learning_rate": 2e-4,
+        "steps": 3000, "eval_every": 250, "out": Path("benchmarks/results/evidence3/peers"),
+        "warmup_dir": Path("benchmarks/results/evidence3/peers/warmups"),  # rebuilt here: they differ from round 2's
+        "reuse": [Path("benchmarks/results/evidence2/entropy/runs")], "reuse_methods": ["clip-cov", "kl-cov"],
     },
     "advantage": {
         "methods": ["grpo", "dynamic-sampling", "gec", "gec-masked", "eda", "edge"],
@@ -142,7 +172,7 @@ LOG_COLUMNS = [
     "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
     "gec/collapsed_group_share_before", "gec/collapsed_group_share_after", "gec/reflect_count",
     "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length", "reflect/count",
-    "reflect/fixed",
+    "reflect/fixed", "entropy_coef",
 ]  # fmt: skip
 
 
@@ -369,7 +399,8 @@ def save_session(grid_path: Path, session: dict[str, Any]) -> None:
 def run(method: str, seed: int, model_dir: Path, cli: argparse.Namespace) -> dict[str, Any]:
     task = Task(cli.task)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    settings = {**METHODS[method], **(task.gec_settings if METHODS[method].get("gec") else {})}
+    spec = {**METHODS, **CALIBRATION}[method]
+    settings = {**spec, **(task.gec_settings if spec.get("gec") else {})}
     args = EdgeGRPOConfig(
         output_dir=str(cli.out / "tmp" / f"{method}-{seed}"), use_cpu=True, bf16=False, report_to="none",
         per_device_train_batch_size=cli.batch_size, steps_per_generation=cli.steps_per_generation, num_generations=8,
@@ -649,6 +680,8 @@ def claims(table: dict, methods: list[str], warmups: list[dict]) -> list[dict[st
             f"{table['common_all_box_pass1']:.1%})", ci, f"pass@16 diff {fmt(ci)} points")  # fmt: skip
     if any("rate_with_cue" in w for w in warmups):
         rows.extend(reflection_claims(table, methods, warmups))
+    if any(m in methods for m in ENTROPY_PEERS):
+        rows.extend(peer_claims(table, methods))
     every_run = [v for m in methods for v in table["methods"][m]]
     ci = bootstrap_ci([v["cov corr_cov_dH"] for v in every_run])
     pairs = [(v["cov cov_mean"], v["cov measured_total_dH"]) for v in every_run]
@@ -724,6 +757,83 @@ def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> l
             "evidence": f"hard pass@1 {method} - grpo: equal steps {fmt(steps)}, equal tokens {fmt(tokens)} points",
         })  # fmt: skip
     return rows
+
+
+# The peers' comparisons: (measure, table key, better direction, claim wording, percent points or ratio).
+PEER_MEASURES = (
+    ("entropy kept", "entropy final / start", "higher", "keeps more entropy (final / start) than", False),
+    ("pass@1 cost", "final all/box/pass@1", "lower", "has lower pass@1 (a cost, equal steps, box) than", True),
+    ("pass@16, equal steps", "final all/box/pass@16", "higher", "has higher pass@16 (equal steps, box) than", True),
+    ("pass@16, equal pass@1", "all/box/pass@16 at equal pass@1", "higher", "has higher pass@16 at equal pass@1 than",
+     True),
+)  # fmt: skip
+# A seed is unstable when its entropy ends above this multiple of its start (the bonus's runaway entropy) ...
+ENTROPY_RUNAWAY = 1.5
+# ... or its all-problem pass@1, by either grader, ends this much below its start (a collapse; GRPO gains about 21
+# points here). The strict grader catches a policy that keeps the box right but writes other text around it.
+PASS1_COLLAPSE = 0.05
+
+
+def peer_baselines(methods: list[str]) -> list[str]:
+    return [m for m in ("grpo", *COV_METHODS) if m in methods]
+
+
+def peer_claims(table: dict, methods: list[str]) -> list[dict[str, str]]:
+    """TRL's entropy controls against GRPO and against each Cov method, paired by seed; then every method's
+    stability (no seed whose entropy runs away or whose pass@1 collapses)."""
+    rows = []
+    for method in [m for m in methods if m in ENTROPY_PEERS]:
+        for baseline in peer_baselines(methods):
+            for _, key, better, wording, percent in PEER_MEASURES:
+                ci = paired_difference(table, method, key, baseline=baseline)
+                unit = " points" if percent else ""
+                rows.append({"claim": f"{method} {wording} {baseline}", "verdict": verdict(ci, better),
+                             "evidence": f"{key}: {method} - {baseline} {fmt(ci, percent)}{unit}"})  # fmt: skip
+    for method in methods:
+        unstable = unstable_seeds(table["methods"][method])
+        rows.append({
+            "claim": f"{method} is stable: no seed's entropy ends above {ENTROPY_RUNAWAY}x its start and no seed's "
+            f"all pass@1 (box or strict) ends {100 * PASS1_COLLAPSE:.0f}+ points below its start",
+            "verdict": "held" if not unstable else f"not held ({len(unstable)} of {len(table['methods'][method])} seeds)",
+            "evidence": "; ".join(unstable) or "every seed: entropy final / start "
+            + ", ".join(f"{v['entropy final / start']:.2f}" for v in table["methods"][method]),
+        })  # fmt: skip
+    return rows
+
+
+def unstable_seeds(per_run: list[dict]) -> list[str]:
+    """The seeds whose entropy runs away or whose pass@1 collapses, each with why."""
+    found = []
+    for v in per_run:
+        drop = min(v[f"final all/{g}/pass@1"] - v[f"start all/{g}/pass@1"] for g in GRADERS)
+        if v["entropy final / start"] > ENTROPY_RUNAWAY or drop < -PASS1_COLLAPSE:
+            found.append(f"seed {v['seed']}: entropy final / start {v['entropy final / start']:.2f}, all pass@1 "
+                         + ", ".join(f"{g} {100 * v[f'start all/{g}/pass@1']:.1f} -> "
+                                     f"{100 * v[f'final all/{g}/pass@1']:.1f}" for g in GRADERS))  # fmt: skip
+    return found
+
+
+def peer_matrix(table: dict, methods: list[str]) -> list[str]:
+    """Each measure as a matrix: a row per method, a column per baseline, paired differences over seeds."""
+    baselines = peer_baselines(methods)
+    lines = []
+    for title, key, better, _, percent in PEER_MEASURES:
+        unit = "percent points" if percent else "ratio"
+        lines += [f"{title}: {key}, method - baseline ({unit}, mean [95% CI]; the method's claim is {better}):", "",
+                  "| method | " + " | ".join(f"- {b}" for b in baselines) + " |",
+                  "|---|" + "---|" * len(baselines)]  # fmt: skip
+        for method in [m for m in methods if m not in ("grpo",)]:
+            cells = []
+            for baseline in baselines:
+                if baseline == method or (method in COV_METHODS and baseline in COV_METHODS):
+                    cells.append("-")
+                    continue
+                ci = paired_difference(table, method, key, baseline=baseline)
+                cells.append(fmt(ci, percent) + (" *" if ci is not None and significance(ci) == "significant" else ""))
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("*: the 95% interval excludes 0 (paired by seed).")
+    return lines
 
 
 def entropy_collapse_claims(table: dict, vanilla: list[dict]) -> list[dict[str, str]]:
@@ -875,6 +985,8 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
             cells = [percent_cell(table["methods"][method], f"reflection success {w}") for w in ("run", "first 20%",
                      "last 20%")]  # fmt: skip
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if any(m in methods for m in ENTROPY_PEERS):
+        lines += ["", *peer_matrix(table, methods)]
     return "\n".join(lines) + "\n"
 
 
@@ -931,13 +1043,21 @@ def entropy_table(table: dict, methods: list[str]) -> list[str]:
 
 
 def analyse(
-    out: Path, methods: list[str], seeds: list[int], warmup_dir: Path | None = None, task: Task | None = None
+    out: Path,
+    methods: list[str],
+    seeds: list[int],
+    warmup_dir: Path | None = None,
+    task: Task | None = None,
+    reuse: list[Path] = (),
+    reuse_methods: list[str] | None = None,
 ) -> dict[str, Any]:
     runs = {m: [] for m in methods}
-    for path in sorted((out / "runs").glob("*.json")):
+    for path in sorted(p for folder in [out / "runs", *reuse] for p in folder.glob("*.json")):
         r = json.loads(path.read_text())
-        if r["method"] in runs and r["seed"] in seeds:
-            runs[r["method"]].append(r)
+        if path.parent != out / "runs" and not reused(r["method"], reuse_methods):
+            continue
+        if r["method"] in runs and r["seed"] in seeds and all(o["seed"] != r["seed"] for o in runs[r["method"]]):
+            runs[r["method"]].append(r)  # the grid's own run first, a reused one only where it has none
     methods = [m for m in methods if runs[m]]
     table = metric_table(runs, methods)
     warmups = []
@@ -963,7 +1083,7 @@ DEFAULTS: dict[str, Any] = {
     "grid": "first", "seeds": [0, 1, 2, 3, 4], "steps": 200, "batch_size": 32, "steps_per_generation": 4,
     "learning_rate": 1e-4, "eval_every": 50, "train_hard_share": 0.5, "eval_problems": 64, "warmup_target": 0.03,
     "warmup_min_steps": 150, "warmup_check_every": 50, "smoke": False, "analyse_only": False, "warmup_dir": None,
-    "task": "addition", "warmups_only": False,
+    "task": "addition", "warmups_only": False, "reuse": [], "reuse_methods": None,
 }  # fmt: skip
 
 
@@ -976,7 +1096,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=list(GRIDS),
                         help="a preset of the flags below (see the module's docstring; default first); explicit "
                         "flags override it")  # fmt: skip
-    parser.add_argument("--methods", nargs="*", choices=list(METHODS))
+    parser.add_argument("--methods", nargs="*", choices=[*METHODS, *CALIBRATION])
     parser.add_argument("--seeds", nargs="*", type=int)
     parser.add_argument("--steps", type=int, help="optimizer steps per run")
     parser.add_argument("--batch-size", type=int, help="completions per optimizer mini-batch")
@@ -999,6 +1119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="train (or resume) the seeds' warm-ups, print them, and stop")  # fmt: skip
     parser.add_argument("--out", type=Path)
     parser.add_argument("--warmup-dir", type=Path, help="where the warm-ups live (default: <out>/warmups)")
+    parser.add_argument("--reuse", nargs="*", type=Path,
+                        help="runs folders of the same setting whose runs are read, not rerun (the peers grid: round "
+                        "2's entropy runs)")  # fmt: skip
+    parser.add_argument("--reuse-methods", nargs="*", choices=list(METHODS),
+                        help="the methods whose runs --reuse provides (default: every method)")  # fmt: skip
     given = vars(parser.parse_args(argv))
     cli = argparse.Namespace(**{**DEFAULTS, **GRIDS[given.get("grid", DEFAULTS["grid"])], **given})
     if cli.warmup_dir is None or ("out" in given and "warmup_dir" not in given):
@@ -1038,6 +1163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for done, (seed, method) in enumerate(jobs, start=1):
             path = cli.out / "runs" / f"{method}-{seed}.json"
             lock = path.with_suffix(".lock")
+            if reused(method, cli.reuse_methods) and any((folder / path.name).exists() for folder in cli.reuse):
+                continue  # a saved run of the same setting
             if path.exists() or not take_job(lock):
                 continue
             try:
@@ -1059,7 +1186,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"all pass@16 box {last['all/box/pass@16']:.1%}  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, Task(cli.task))
+    return analyse(cli.out, cli.methods, cli.seeds, cli.warmup_dir, Task(cli.task), cli.reuse, cli.reuse_methods)
+
+
+def reused(method: str, reuse_methods: list[str] | None) -> bool:
+    return reuse_methods is None or method in reuse_methods
 
 
 if __name__ == "__main__":

@@ -55,14 +55,16 @@ def load_evidence():
 
 @pytest.mark.slow
 def test_evidence_smoke_produces_every_column(tmp_path):
-    """The evidence grid at smoke scale (every method of both rounds, 2 seeds, 4 steps): every column, table row,
-    claim and plot is produced (the pipeline, not the science)."""
+    """The evidence grid at smoke scale (every method of rounds 1 and 2, 2 seeds, 4 steps): every column, table row,
+    claim and plot is produced (the pipeline, not the science). Then round 3's peers on one seed, reusing the first
+    grid's GRPO, Clip-Cov and KL-Cov runs."""
     evidence = load_evidence()
     out = tmp_path / "evidence"
-    summary = evidence.main(["--smoke", "--seeds", "0", "1", "--out", str(out)])
+    methods = [m for m in evidence.METHODS if m not in evidence.ENTROPY_PEERS]
+    summary = evidence.main(["--smoke", "--seeds", "0", "1", "--methods", *methods, "--out", str(out)])
 
     runs = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
-    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in evidence.METHODS for s in (0, 1))
+    assert sorted((r["method"], r["seed"]) for r in runs) == sorted((m, s) for m in methods for s in (0, 1))
     for r in runs:
         assert [p["step"] for p in r["evals"]] == [0, 2, 4]
         for point in r["evals"]:
@@ -96,7 +98,7 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     assert sorted(p.name for p in (out / "warmups").glob("seed-*.json")) == ["seed-0.json", "seed-1.json"]
 
     table = summary["table"]["methods"]
-    assert set(table) == set(evidence.METHODS) and all(len(rows) == 2 for rows in table.values())
+    assert set(table) == set(methods) and all(len(rows) == 2 for rows in table.values())
     for rows in table.values():
         for key in ("final hard/box/pass@1", "equal-time hard/strict/pass@1", "final all/box/pass@16", "entropy final"):
             assert all(row[key] is not None for row in rows), key
@@ -106,7 +108,7 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     # Method-vs-GRPO comparisons need 3 paired seeds: with 2, no verdict rather than a meaningless interval.
     assert all(v == "not measured (< 3 seeds)" for claim, v in verdicts.items() if "than GRPO" in claim), verdicts
     names = " ".join(c["claim"] for c in summary["claims"])
-    for method in set(evidence.METHODS) - {"grpo"}:  # each has its claims against GRPO
+    for method in set(methods) - {"grpo"}:  # each has its claims against GRPO
         assert method in names, method
     for budget in ("equal steps", "equal generated tokens", "equal time"):
         assert f"dynamic-sampling has higher hard pass@16 than GRPO at {budget}" in names
@@ -117,10 +119,37 @@ def test_evidence_smoke_produces_every_column(tmp_path):
     grpo_0 = next(v for v in table["methods"]["grpo"] if v["seed"] == 0)
     assert grpo_0["equal-tokens hard/box/pass@1"] is not None
     markdown = (out / "table.md").read_text()
-    assert all(f"| {m} |" in markdown for m in evidence.METHODS) and "corr(Cov_t, dH_t)" in markdown
+    assert all(f"| {m} |" in markdown for m in methods) and "corr(Cov_t, dH_t)" in markdown
     assert "hard pass@16, equal tokens" in markdown and "entropy final / start" in markdown
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((out / "runs").glob("*.lock")) and not list((out / "warmups").glob("*.lock"))
+
+    # Round 3: TRL's entropy controls on seed 0; the first grid's Clip-Cov and KL-Cov runs are read, not rerun, and
+    # GRPO is run again (--reuse-methods).
+    peers_out = tmp_path / "peers"
+    peers = evidence.main(["--smoke", "--grid", "peers", "--methods", *evidence.GRIDS["peers"]["methods"], "--seeds",
+                           "0", "--out", str(peers_out), "--warmup-dir", str(out / "warmups"), "--reuse",
+                           str(out / "runs")])  # fmt: skip
+    ran = sorted(p.stem for p in (peers_out / "runs").glob("*.json"))
+    assert ran == sorted(f"{m}-0" for m in ["grpo", *evidence.ENTROPY_PEERS])
+    table = peers["table"]["methods"]
+    assert list(table) == ["grpo", "clip-cov", "kl-cov", *evidence.ENTROPY_PEERS]
+    reused = json.loads((out / "runs" / "kl-cov-0.json").read_text())
+    assert table["kl-cov"][0]["final all/box/pass@16"] == reused["evals"][-1]["all/box/pass@16"]
+    logs = {m: json.loads((peers_out / "runs" / f"{m}-0.json").read_text())["logs"] for m in evidence.ENTROPY_PEERS}
+    # The bonus's coefficient is constant; the adaptive one starts at 0 and stays there while the entropy (of an
+    # untrained warm-up, far above 0.16 nats) is above its target.
+    assert {e["entropy_coef"] for e in logs["entropy-bonus"]} == {evidence.METHODS["entropy-bonus"]["entropy_coef"]}
+    assert all(e["entropy"] > 0.16 for e in logs["adaptive-entropy"])
+    assert {e["entropy_coef"] for e in logs["adaptive-entropy"]} == {0.0}
+    names = [c["claim"] for c in peers["claims"]]
+    for method in evidence.ENTROPY_PEERS:
+        for baseline in ("grpo", "clip-cov", "kl-cov"):
+            assert f"{method} keeps more entropy (final / start) than {baseline}" in names
+            assert f"{method} has higher pass@16 at equal pass@1 than {baseline}" in names
+        assert any(n.startswith(f"{method} is stable") for n in names)
+    markdown = (peers_out / "table.md").read_text()
+    assert "entropy kept: entropy final / start, method - baseline" in markdown and "| top-entropy-20 |" in markdown
 
 
 @pytest.mark.slow
@@ -193,6 +222,15 @@ def test_evidence_grid_presets_and_job_locks(tmp_path):
     assert overridden.steps == 10 and overridden.warmup_dir == tmp_path / "x" / "warmups"
     first = evidence.parse_args([])
     assert (first.steps, first.train_hard_share, first.methods) == (200, 0.5, evidence.FIRST_GRID_METHODS)
+    # Round 3: the entropy grid's setting; its Clip-Cov and KL-Cov runs are read from round 2, GRPO is run again.
+    peers = evidence.parse_args(["--grid", "peers"])
+    assert (peers.steps, peers.learning_rate, peers.train_hard_share) == (3000, 2e-4, 0.0)
+    assert peers.methods == ["grpo", "clip-cov", "kl-cov", *evidence.ENTROPY_PEERS]
+    assert peers.reuse == [evidence.GRIDS["entropy"]["out"] / "runs"]
+    assert peers.warmup_dir == peers.out / "warmups" != entropy.warmup_dir  # rebuilt in this environment
+    assert peers.reuse_methods == ["clip-cov", "kl-cov"]
+    assert evidence.METHODS["top-entropy-20"] == {"top_entropy_quantile": 0.2}
+    assert evidence.METHODS["clip-higher"] == {"epsilon_high": 0.28}
 
     lock = tmp_path / "grpo-0.lock"
     assert evidence.take_job(lock) and lock.read_text() == str(__import__("os").getpid())
