@@ -1,7 +1,8 @@
 """Does the entropy-performance law R = -a exp(H) + b (Cui et al., arXiv 2505.22617) hold on edge-trl's committed runs?
 
 Reads every committed run in ``benchmarks/results`` (nothing is trained): the evidence grids (round 1, round 2's
-entropy and advantage grids, 5 seeds each), round 2's single-seed calibration runs, and the CPU miniature (3 seeds)
+entropy and advantage grids, 5 seeds each; round 3's peers grid, with Clip-Cov and KL-Cov read from round 2's entropy
+grid as ``evidence.py --grid peers`` does), round 2's single-seed calibration runs, and the CPU miniature (3 seeds)
 and its stable variant (1 seed). For each run it fits the law (``edge_trl.entropy_law``) to the training reward and
 to the held-out metric (pass@1 of the evidence grids, greedy accuracy of the miniature) and tests, with 95% bootstrap
 intervals over seeds (10,000 resamples, per-seed paired differences against GRPO, as ``evidence.py``):
@@ -12,10 +13,11 @@ intervals over seeds (10,000 resamples, per-seed paired differences against GRPO
 3. a and b are the same across methods (the paper's "algorithm-agnostic" claim): the per-seed differences of a and b
    against GRPO, and how well GRPO's curve (same seed) predicts another method's points, against how well it predicts
    another GRPO seed's;
-4. whether Clip-Cov and KL-Cov reach a higher fitted ceiling b - a than GRPO.
+4. whether Clip-Cov and KL-Cov, and TRL's entropy controls (round 3), reach a higher fitted ceiling b - a than GRPO,
+   and how many runs' ceilings lie above the metric's maximum.
 
-Usage: ``python benchmarks/entropy_law.py [--out benchmarks/results/entropy_law]`` (a few seconds): writes
-``summary.json``, ``table.md`` and ``law.png``.
+Usage: ``python benchmarks/entropy_law.py [--out benchmarks/results/entropy_law] [--peers-seeds 0 1 2 3]`` (a few
+seconds): writes ``summary.json``, ``table.md`` and ``law.png``.
 """
 
 from __future__ import annotations
@@ -43,8 +45,10 @@ GRIDS = {
     "round1": "round 1: mixed task, 200 steps (5 methods x 5 seeds)",
     "round2-entropy": "round 2, part 1: easy part, 3,000 steps (3 methods x 5 seeds)",
     "round2-advantage": "round 2, part 2: mixed task, 200 steps (6 methods x 5 seeds)",
+    "round3-peers": "round 3, part A: easy part, 3,000 steps (GRPO, Clip-Cov, KL-Cov and 4 TRL entropy controls)",
     "miniature": "CPU miniature: 300 steps (7 methods x 3 seeds)",
 }
+PEERS_REUSED = ("clip-cov", "kl-cov")  # read from round 2's entropy grid, as evidence.py's --reuse-methods
 SINGLE_RUNS = ("calibration", "miniature-stable")
 TRAIN, HELD_OUT = "train", "held_out"
 
@@ -55,6 +59,15 @@ def evidence_runs(folder: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
         run = json.loads(path.read_text())
         runs[(run["method"], int(run["seed"]))] = load_run_json(path)
     return runs
+
+
+def peers_runs(folder: Path, reused: Path, seeds: list[int] | None) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The peers grid's own runs, then Clip-Cov's and KL-Cov's from round 2 where the grid has none."""
+    runs = evidence_runs(folder)
+    for key, history in evidence_runs(reused).items():
+        if key[0] in PEERS_REUSED:
+            runs.setdefault(key, history)
+    return {key: history for key, history in runs.items() if seeds is None or key[1] in seeds}
 
 
 def miniature_runs(path: Path) -> dict[tuple[str, int], list[dict[str, Any]]]:
@@ -248,10 +261,12 @@ def plot(grid_results: dict[str, dict], out: Path) -> None:
         ("round2-entropy", HELD_OUT, "round 2, part 1: held-out pass@1"),
         ("round1", TRAIN, "round 1: training reward"),
         ("round2-advantage", TRAIN, "round 2, part 2: training reward"),
+        ("round3-peers", TRAIN, "round 3, part A: training reward"),
+        ("round3-peers", HELD_OUT, "round 3, part A: held-out pass@1"),
         ("miniature", TRAIN, "miniature: training reward"),
         ("miniature", HELD_OUT, "miniature: held-out greedy accuracy"),
     ]
-    figure, axes = plt.subplots(2, 3, figsize=(16, 9))
+    figure, axes = plt.subplots(2, 4, figsize=(21, 9))
     for axis, (grid, kind, title) in zip(axes.flat, panels, strict=True):
         methods = sorted({m for m, _ in grid_results[grid]}, key=lambda m: (m != "grpo", m))
         for index, method in enumerate(methods):
@@ -281,11 +296,15 @@ def plot(grid_results: dict[str, dict], out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "entropy_law")
+    parser.add_argument("--peers-seeds", nargs="*", type=int, help="the peers grid's seeds (default: every run)")
     args = parser.parse_args()
     loaded = {
         "round1": evidence_runs(RESULTS / "evidence" / "runs"),
         "round2-entropy": evidence_runs(RESULTS / "evidence2" / "entropy" / "runs"),
         "round2-advantage": evidence_runs(RESULTS / "evidence2" / "advantage" / "runs"),
+        "round3-peers": peers_runs(
+            RESULTS / "evidence3" / "peers" / "runs", RESULTS / "evidence2" / "entropy" / "runs", args.peers_seeds
+        ),
         "miniature": miniature_runs(RESULTS / "miniature" / "metrics.csv"),
         "calibration": calibration_runs(RESULTS / "evidence2" / "calibration"),
         "miniature-stable": miniature_runs(RESULTS / "miniature-stable" / "metrics.csv"),
