@@ -97,3 +97,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # As edge_trl.worker does: end without interpreter teardown once everything is written (a DeepSpeed/gloo process
+    # can abort in C++ teardown after a complete run).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
