@@ -275,19 +275,24 @@ def _supervised_step(
 ) -> Any:
     """One cross-entropy step on ``batch`` fresh problems drawn by ``problem(rng)`` (the embedded task by default;
     loss on the completion ``\\boxed{answer}`` + EOS only)."""
-    import torch
-
     rows = [problem(rng) for _ in range(batch)]
     prompts = [tokenizer(p)["input_ids"] for p, _ in rows]
     targets = [tokenizer(f"\\boxed{{{a}}}")["input_ids"] + [tokenizer.eos_token_id] for _, a in rows]
-    length = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
-    ids = torch.full((batch, length), tokenizer.pad_token_id)
-    labels = torch.full((batch, length), -100)
-    mask = torch.zeros(batch, length, dtype=torch.long)
-    for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
-        ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
-        mask[i, : len(p) + len(t)] = 1
+    return completion_loss_step(model, tokenizer, optimizer, list(zip(prompts, targets, strict=True)))
+
+
+def completion_loss_step(model: Any, tokenizer: Any, optimizer: Any, rows: list[tuple[list[int], list[int]]]) -> Any:
+    """One optimizer step of cross-entropy on each row's target tokens only, given its context (right-padded)."""
+    import torch
+
+    length = max(len(c) + len(t) for c, t in rows)
+    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    labels = torch.full((len(rows), length), -100)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, (c, t) in enumerate(rows):
+        ids[i, : len(c) + len(t)] = torch.tensor(c + t)
+        labels[i, len(c) : len(c) + len(t)] = torch.tensor(t)
+        mask[i, : len(c) + len(t)] = 1
     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     optimizer.step()

@@ -128,25 +128,11 @@ def training_example(rng: random.Random, hard_share: float, error_share: float) 
 
 
 def _step(model: Any, tokenizer: Any, optimizer: Any, examples: list[tuple[str, str, str]]) -> float:
-    import torch
-
     rows = []
     for prompt, unscored, target in examples:
         context = tokenizer(prompt + unscored)["input_ids"]  # one token per character: concatenation is exact
         rows.append((context, tokenizer(target)["input_ids"] + [tokenizer.eos_token_id]))
-    length = max(len(c) + len(t) for c, t in rows)
-    ids = torch.full((len(rows), length), tokenizer.pad_token_id)
-    labels = torch.full((len(rows), length), -100)
-    mask = torch.zeros(len(rows), length, dtype=torch.long)
-    for i, (c, t) in enumerate(rows):
-        ids[i, : len(c) + len(t)] = torch.tensor(c + t)
-        labels[i, len(c) : len(c) + len(t)] = torch.tensor(t)
-        mask[i, : len(c) + len(t)] = 1
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.item()
+    return embedded.completion_loss_step(model, tokenizer, optimizer, rows).item()
 
 
 def box_accuracy(texts: list[list[str]], problems: list[tuple[str, str]]) -> float:
