@@ -23,6 +23,7 @@ from split_runs import cov_split_run
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.testing import CPU_RUN_SETTINGS, even_answer_constant_reward, tiny_addition_dataset
+from edge_trl.worker import exit_now
 
 
 class RecordingTrainer(EdgeGRPOTrainer):
@@ -81,3 +82,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now(0)  # as edge_trl.worker does: a complete run must not fail in the C++ teardown of gloo/DeepSpeed

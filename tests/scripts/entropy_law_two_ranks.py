@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.testing import CPU_RUN_SETTINGS, digit_share_reward, tiny_addition_dataset
+from edge_trl.worker import exit_now
 
 
 def main() -> None:
@@ -46,3 +47,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now(0)  # as edge_trl.worker does: a complete run must not fail in the C++ teardown of gloo/DeepSpeed

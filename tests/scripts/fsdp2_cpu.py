@@ -26,6 +26,7 @@ from torch.distributed.fsdp import fully_shard
 from transformers import AutoModelForCausalLM
 
 from edge_trl.saved_model import expected_parameters, saved_model_problems
+from edge_trl.worker import exit_now
 
 
 def main() -> None:
@@ -77,3 +78,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_now(0)  # as edge_trl.worker does: a complete run must not fail in the C++ teardown of gloo/DeepSpeed

@@ -17,6 +17,7 @@ import torch
 
 from edge_trl import EdgeGRPOConfig, EdgeGRPOTrainer
 from edge_trl.testing import CPU_RUN_SETTINGS, boxed_answer_reward, digit_share_reward, tiny_addition_dataset
+from edge_trl.worker import exit_now
 
 
 def rank_split_reward(completions: list, **kwargs: object) -> list[float]:
@@ -97,8 +98,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # As edge_trl.worker does: end without interpreter teardown once everything is written (a DeepSpeed/gloo process
-    # can abort in C++ teardown after a complete run).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)  # as edge_trl.worker does: a complete run must not fail in the C++ teardown of gloo/DeepSpeed
