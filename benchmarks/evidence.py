@@ -1,4 +1,4 @@
-"""Evidence benchmark (issue 13): does each method fix the problem its paper names, where that problem occurs?
+"""Evidence benchmark: does each method fix the problem its paper names, where that problem occurs?
 
 A mixed-difficulty addition task on CPU (``edge_trl.embedded.mixed_addition_dataset``): half the prompts are the
 embedded 2-digit task, half have two 3-digit operands. For every seed, a warm-up continues the shipped adder's
@@ -22,9 +22,9 @@ Besides optimizer steps and training seconds, every evaluation records the token
 (``gen_tokens``: every completion token of every generation call, so dynamic sampling's extra generation batches and
 GEC's reflections count), for comparisons at equal generation compute.
 
-Grids (``--grid``, issue 19), each a preset of the flags below that explicit flags override:
+Grids (``--grid``), each a preset of the flags below that explicit flags override:
 
-* ``first``: the first grid (issue 13): the first 5 methods, 200 steps on the 50/50 mix;
+* ``first``: the first grid (round 1): the first 5 methods, 200 steps on the 50/50 mix;
 * ``entropy``: entropy collapse for real: GRPO, Clip-Cov and KL-Cov trained on the easy part only at 2e-4 for 3,000
   steps, the setting calibrated on one seed (``benchmarks/results/evidence2/calibration``);
 * ``advantage``: the fixes of advantage collapse side by side on the first grid's task: GRPO, dynamic sampling, GEC,
@@ -520,7 +520,7 @@ def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, A
     every_run = [r for rs in runs.values() for r in rs]
     common_time = min(r["evals"][-1]["train_s"] for r in every_run)
     common_pass1 = min(max(p["all/box/pass@1"] for p in r["evals"]) for r in every_run)
-    # Runs of the first grid (issue 13) have no token counts: no equal-token comparison for them.
+    # Runs of the first grid (round 1) have no token counts: no equal-token comparison for them.
     counted = all("gen_tokens" in p for r in every_run for p in r["evals"])
     common_tokens = min(r["evals"][-1]["gen_tokens"] for r in every_run) if counted else None
     table: dict[str, Any] = {
@@ -837,7 +837,7 @@ def peer_matrix(table: dict, methods: list[str]) -> list[str]:
 
 
 def entropy_collapse_claims(table: dict, vanilla: list[dict]) -> list[dict[str, str]]:
-    """Did the setting produce the collapse the Cov methods are meant to prevent (issue 19's calibration target)?"""
+    """Did the setting produce the collapse the Cov methods are meant to prevent (round 2's calibration target)?"""
     rows = []
     ratio = bootstrap_ci([v["entropy final / start"] for v in vanilla])
     rows.append({

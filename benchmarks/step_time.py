@@ -11,7 +11,7 @@ per mode (sampled every millisecond, glibc told to keep freed memory so short pe
 
     python benchmarks/step_time.py                      # CPU, a small offline Qwen2 model
     python benchmarks/step_time.py --preset qwen2.5-math-1.5b --bf16 --lora   # GPU, 1.5B architecture, random weights
-    python benchmarks/step_time.py --settings "dynamic sampling" "cov scope, grad-accum=2"   # issue 18's costs
+    python benchmarks/step_time.py --settings "dynamic sampling" "cov scope, grad-accum=2"   # the costs of dynamic sampling and the cov scope
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bad data (issue #12, item 5): a clear error naming rows or columns before any process starts, or the bad rows
+"""Bad data: a clear error naming rows or columns before any process starts, or the bad rows
 dropped and counted. Real files, the real CLI (dry runs: they check the dataset like a real launch) and the worker."""
 
 from __future__ import annotations

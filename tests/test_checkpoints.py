@@ -1,4 +1,4 @@
-"""A partial checkpoint, as a kill during a save leaves it (issue #12, item 2): `--resume-from-checkpoint last` skips it.
+"""A partial checkpoint, as a kill during a save leaves it: `--resume-from-checkpoint last` skips it.
 
 A real checkpoint is written by a one-step training run; copies of it are then broken the way an interrupted save
 breaks them (a file missing, a file cut short) and the lookup and `edge-trl train --dry-run` are run on them.

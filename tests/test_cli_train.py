@@ -294,7 +294,7 @@ def test_push_to_hub_uploads_model_and_card(tmp_path, tiny_model_path, data_file
     assert not list(uploaded.glob("checkpoint-*"))
     card = (uploaded / "README.md").read_text()
     assert "Trained with edge-trl" in card and "EDGE-GRPO (EDA + GEC)" in card
-    # public names only (issue 20): the file's and the folder's names, not their paths on this machine
+    # public names only: the file's and the folder's names, not their paths on this machine
     assert f"`{data_file.name}` (local data)" in card and f"`{tiny_model_path.name}` (a local model)" in card
     assert str(data_file.parent) not in card and str(tiny_model_path.parent) not in card
     assert 'PeftModel.from_pretrained(base, "me/tiny-edge").merge_and_unload()' in card

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-# One page per topic of the docs (issue 20); the nav may hold more.
+# One page per topic of the docs; the nav may hold more.
 PAGES = [
     "index.md", "quickstart.md", "cli.md", "cli-reference.md", "methods/eda.md", "methods/gec.md", "methods/cov.md",
     "methods/dynamic-sampling.md", "methods/cov-scope.md", "methods/entropy-law.md", "recipes.md", "distributed.md",
@@ -166,7 +166,7 @@ def test_flag_reference_defaults_match_the_dry_run(site, case_index, monkeypatch
         assert shown.get(label, shown.get("*")) == expected, (name, case.label, shown, expected)
         checked += 1
     assert checked >= 15
-    # the values the issue names, for the Hub model: EDGE-GRPO's settings, not the dataclass defaults
+    # for the Hub model the reference shows EDGE-GRPO's settings, not the dataclass defaults
     if case_index == 2:
         assert (settings["method"], settings["eda"], settings["gec"]) == ("edge", True, True)
         assert (settings["temperature"], settings["loss_type"]) == (0.6, "grpo")

@@ -1,4 +1,4 @@
-"""A Hub upload that fails during training (issue #12, item 7), for real: the Hub client talks HTTP to the endpoint
+"""A Hub upload that fails during training, for real: the Hub client talks HTTP to the endpoint
 HF_ENDPOINT names, here a small local server standing in for the Hub (the Hub's network cannot be reached from
 tests; tests/_stub_hub.py), which refuses the first ``fail_first`` uploads with HTTP 400.
 """

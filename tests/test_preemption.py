@@ -1,4 +1,4 @@
-"""Preemption and a dead rank on the 2-process CPU run (issue #12, items 3 and 6), with real signals.
+"""Preemption and a dead rank on the 2-process CPU run, with real signals.
 
 * SIGTERM to the `edge-trl train` launcher (what `kill`, SLURM and spot instances send; torchrun forwards it to each
   rank): the ranks save a complete checkpoint at the next step boundary, the run exits 143 with the resume command,

@@ -1,4 +1,4 @@
-"""Exact resume after a real SIGKILL (issue #12, item 1), for TRL's GRPOTrainer and every edge-trl method.
+"""Exact resume after a real SIGKILL, for TRL's GRPOTrainer and every edge-trl method.
 
 tests/scripts/resume_run.py trains each configuration three times in real child processes: uninterrupted; killed with
 SIGKILL right after checkpoint-2 is written; resumed from that checkpoint. Here the resumed run is compared with the

@@ -1,4 +1,4 @@
-"""Faults in user reward code (issue #12, item 4): a reward that raises, returns NaN/inf or hangs on one completion
+"""Faults in user reward code: a reward that raises, returns NaN/inf or hangs on one completion
 costs that completion, not the run. Each fault is real: the reward function below really raises, returns NaN and inf,
 or blocks; a real EdgeGRPOTrainer trains through it."""
 

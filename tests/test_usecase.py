@@ -1,4 +1,4 @@
-"""The main use case done right (issue 14 items 2-5) and the authors' recipes (issues 10 item 2, 18 item 2).
+"""The main use case done right and the authors' recipes.
 
 Dry runs of the real CLI for the resolution rules; real subprocesses for the Hub check, signals and noise.
 """
