@@ -36,7 +36,11 @@ Grids (``--grid``), each a preset of the flags below that explicit flags overrid
 * ``reflect``: round 3, part B: the same fixes plus ``gec-prefix-masked`` (GEC with ``gec_mask_wrong_prefix``) on
   the task with worked sums, from a warm-up that teaches the cue " Wait!" to mean "redo it"
   (``--task reflect``, ``edge_trl.embedded_reflect``); each warm-up records how often the cue turns its wrong
-  responses right, and GEC runs log how often the reflection branch does (``reflect/count``, ``reflect/fixed``).
+  responses right, and GEC runs log how often the reflection branch does (``reflect/count``, ``reflect/fixed``) and
+  how often its continuation redoes the sum rather than writing a box at once (``reflect/redo``);
+* ``reflect-diagnosis``: after the reflect grid, its GEC variants rerun with ``reflect/redo`` logged (bit for bit the
+  grid's runs otherwise) and ``gec-fully-masked`` (both masks: only what the policy wrote after the cue is trained),
+  an exploratory variant that is not among the pre-registered claims; GRPO's runs are read from the grid.
 
 Held-out pass@k (k = 1, 4, 16, unbiased estimator from 16 samples per problem at temperature 1) on 64 easy and 64
 hard problems every ``--eval-every`` steps, with two graders: ``box`` (the last ``\\boxed{}`` is right: what the
@@ -53,6 +57,7 @@ plots and claims from the saved runs.
     python benchmarks/evidence.py --grid entropy    # round 2, part 1: 3 methods x 5 seeds x 3,000 steps
     python benchmarks/evidence.py --grid advantage  # round 2, part 2: 6 methods x 5 seeds x 200 steps
     python benchmarks/evidence.py --grid reflect    # round 3, part B: 7 methods x 5 seeds x 200 steps, worked sums
+    python benchmarks/evidence.py --grid reflect-diagnosis   # what GEC's reflections write; GEC with both masks
     python benchmarks/evidence.py --grid peers      # round 3, part A: GRPO and 4 TRL entropy controls x 5 seeds
     python benchmarks/evidence.py --smoke --out /tmp/evidence   # every column, every method x 2 seeds, about 1 min
 """
@@ -65,6 +70,7 @@ import json
 import math
 import os
 import random
+import re
 import statistics
 import time
 from pathlib import Path
@@ -111,6 +117,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "eda": {"eda": True},
     # The wrong prefix a reflection or an injected answer keeps carries no gradient (the credit-assignment reading).
     "gec-prefix-masked": {"gec": True, "gec_mask_wrong_prefix": True, **SHORT_GEC},
+    # Both masks: of a corrected response only what the policy generated after the cue carries gradient (an
+    # exploratory variant, added after the reflect grid's diagnosis; not among its pre-registered claims).
+    "gec-fully-masked": {"gec": True, "gec_mask_injected": True, "gec_mask_wrong_prefix": True, **SHORT_GEC},
     # TRL 1.16's own entropy controls, the tools a user would pick instead of Clip-Cov or KL-Cov (settings chosen on
     # seed 0, benchmarks/results/evidence3/calibration): an entropy bonus, loss - coef * mean token entropy;
     "entropy-bonus": {"entropy_coef": 1e-2},
@@ -156,9 +165,19 @@ GRIDS: dict[str, dict[str, Any]] = {
         "dynamic-sampling"], "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1,
         "warmup_min_steps": 300, "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect"),
     },
+    # After the reflect grid: what the reflection branch writes (``reflect/redo``: the GEC variants rerun, bit for
+    # bit the grid's runs otherwise) and GEC with both masks; GRPO's runs are read from the grid.
+    "reflect-diagnosis": {
+        "task": "reflect", "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "gec-fully-masked"],
+        "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1, "warmup_min_steps": 300,
+        "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect-diagnosis"),
+        "warmup_dir": Path("benchmarks/results/evidence3/reflect/warmups"),
+        "reuse": [Path("benchmarks/results/evidence3/reflect/runs")],
+        "reuse_methods": ["grpo"],
+    },
 }  # fmt: skip
-ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge")
-GEC_METHODS = ("gec", "gec-masked", "gec-prefix-masked", "edge")
+ADVANTAGE_FIXES = ("dynamic-sampling", "gec", "gec-masked", "gec-prefix-masked", "gec-fully-masked", "eda", "edge")
+GEC_METHODS = ("gec", "gec-masked", "gec-prefix-masked", "gec-fully-masked", "edge")
 COV_METHODS = ("clip-cov", "kl-cov")
 PARTS = ("easy", "hard", "all")
 MIN_SEEDS = 3  # fewer paired seeds than this: no verdict
@@ -172,7 +191,7 @@ LOG_COLUMNS = [
     "edge/clip_cov_selected_share", "edge/kl_cov_selected_share", "edge/kl_cov_penalty", "gec/corrected_share",
     "gec/collapsed_group_share_before", "gec/collapsed_group_share_after", "gec/reflect_count",
     "dynamic_sampling/gen_batches", "dynamic_sampling/kept_group_share", "completions/mean_length", "reflect/count",
-    "reflect/fixed", "entropy_coef",
+    "reflect/fixed", "reflect/redo", "entropy_coef",
 ]  # fmt: skip
 
 
@@ -277,6 +296,10 @@ class HeldOutPassAtK(TrainerCallback):
             self._measure(state, model)
 
 
+# A reflection that redoes the sum starts, after the cue, with a worked column ("7+5=12 ..."), not with a box.
+WORKED_COLUMN = re.compile(r"\s*\d\+\d")
+
+
 class DiagnosedTrainer(EdgeGRPOTrainer):
     """EdgeGRPOTrainer that logs ``diag/cov``, the covariance of log pi and A over the mini-batch's valid tokens
     (``core_algos.token_covariance``) at the rollout policy (TRL's old log-probs), the same way for every method, so
@@ -293,14 +316,16 @@ class DiagnosedTrainer(EdgeGRPOTrainer):
         continuations, logprobs = super()._generate_reflections(prompts)
         if prompts:
             decode = self.processing_class.decode
-            fixed = 0
+            fixed = redone = 0
             for prompt, continuation in zip(prompts, continuations, strict=True):
                 pair = embedded_reflect.operands(decode(prompt, skip_special_tokens=True))
                 text = decode(continuation, skip_special_tokens=True)
                 fixed += pair is not None and last_boxed(text) == str(sum(pair))
+                redone += WORKED_COLUMN.match(text) is not None
             metrics = self._metrics["train"]
             metrics["reflect/count"].append(float(len(prompts)))
             metrics["reflect/fixed"].append(float(fixed))
+            metrics["reflect/redo"].append(float(redone))
         return continuations, logprobs
 
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
@@ -476,15 +501,16 @@ def log_mean(run: dict, key: str, first: float, last: float) -> float | None:
     return statistics.fmean(values[begin : max(math.ceil(last * len(values)), begin + 1)])
 
 
-def reflection_success(run: dict, first: float, last: float) -> float | None:
+def reflection_success(run: dict, first: float, last: float, key: str = "reflect/fixed") -> float | None:
     """GEC's reflection branch over the fraction [first, last) of the rollouts that reflected: the share of the
-    wrong responses it continued whose continuation's box is right (pooled over those rollouts)."""
+    wrong responses it continued whose continuation's box is right (``reflect/fixed``), or that redo the sum
+    (``reflect/redo``), pooled over those rollouts; None for a run that did not log ``key``."""
     rollouts = [e for e in run["logs"] if e.get("reflect/count")]
-    if not rollouts:
+    if not rollouts or key not in rollouts[0]:
         return None
     begin = min(int(first * len(rollouts)), len(rollouts) - 1)
     window = rollouts[begin : max(math.ceil(last * len(rollouts)), begin + 1)]
-    return sum(e["reflect/fixed"] for e in window) / sum(e["reflect/count"] for e in window)
+    return sum(e[key] for e in window) / sum(e["reflect/count"] for e in window)
 
 
 def covariance_diagnostic(run: dict, windows: int = 10) -> dict[str, float]:
@@ -568,6 +594,7 @@ def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, A
             values.update({f"cov {k}": v for k, v in covariance_diagnostic(r).items()})
             for name, (first, last) in {"run": (0.0, 1.0), "first 20%": (0.0, 0.2), "last 20%": (0.8, 1.0)}.items():
                 values[f"reflection success {name}"] = reflection_success(r, first, last)
+                values[f"reflection redo {name}"] = reflection_success(r, first, last, "reflect/redo")
             values["mean load1"] = statistics.fmean(p["load1"] for p in r["evals"])
             per_run.append(values)
         table["methods"][method] = per_run
@@ -739,7 +766,15 @@ def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> l
                 f"pass@{k} than gec (equal steps, box)",
                 "verdict": verdict(ci), "evidence": f"hard pass@{k} gec-prefix-masked - gec {fmt(ci)} points",
             })  # fmt: skip
-    for method in [m for m in ("gec", "edge") if m in methods]:
+    # Exploratory (not pre-registered): both masks against each mask alone.
+    for baseline in [m for m in ("gec", "gec-masked", "gec-prefix-masked") if "gec-fully-masked" in methods]:
+        for k in (1, 16):
+            ci = paired_difference(table, "gec-fully-masked", f"final hard/box/pass@{k}", baseline=baseline)
+            rows.append({
+                "claim": f"exploratory: gec-fully-masked has higher hard pass@{k} than {baseline} (equal steps, box)",
+                "verdict": verdict(ci), "evidence": f"hard pass@{k} gec-fully-masked - {baseline} {fmt(ci)} points",
+            })  # fmt: skip
+    for method in [m for m in ("gec", "edge", "gec-fully-masked") if m in methods]:
         steps = paired_difference(table, method, "final hard/box/pass@1")
         tokens = paired_difference(table, method, "equal-tokens hard/box/pass@1")
         if steps is None:
@@ -751,7 +786,7 @@ def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> l
         else:
             reading = "cannot be told apart from GRPO"
         rows.append({
-            "claim": f"verdict on {method} (pre-registered rule: helps = hard pass@1 above GRPO at equal steps, CI > 0, "
+            "claim": f"{'exploratory: ' if method == 'gec-fully-masked' else ''}verdict on {method} (pre-registered rule: helps = hard pass@1 above GRPO at equal steps, CI > 0, "
             "and not significantly below at equal generated tokens; hurts = below at equal steps, CI < 0)",
             "verdict": reading,
             "evidence": f"hard pass@1 {method} - grpo: equal steps {fmt(steps)}, equal tokens {fmt(tokens)} points",
@@ -985,6 +1020,17 @@ def markdown(table: dict, claim_rows: list[dict[str, str]], methods: list[str]) 
             cells = [percent_cell(table["methods"][method], f"reflection success {w}") for w in ("run", "first 20%",
                      "last 20%")]  # fmt: skip
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    redoing = [m for m in methods if any(v.get("reflection redo run") is not None for v in table["methods"][m])]
+    if redoing:
+        lines += ["", "What the reflection branch writes after the cue: share of its continuations that redo the sum "
+                  "(start with a worked column) rather than write a box at once, percent (runs that logged "
+                  "`reflect/redo`).", "",
+                  "| method | seeds | over the run | first 20% of rollouts | last 20% of rollouts |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for method in redoing:
+            rows = [v for v in table["methods"][method] if v.get("reflection redo run") is not None]
+            cells = [percent_cell(rows, f"reflection redo {w}") for w in ("run", "first 20%", "last 20%")]
+            lines.append(f"| {method} | {len(rows)} | " + " | ".join(cells) + " |")
     if any(m in methods for m in ENTROPY_PEERS):
         lines += ["", *peer_matrix(table, methods)]
     return "\n".join(lines) + "\n"
@@ -1042,6 +1088,21 @@ def entropy_table(table: dict, methods: list[str]) -> list[str]:
     return lines
 
 
+def load_runs(
+    out: Path, methods: list[str], seeds: list[int], reuse: list[Path] = (), reuse_methods: list[str] | None = None
+) -> dict[str, list[dict]]:
+    """The saved runs of each method, one per seed: the grid's own run first, a reused one only where it has none."""
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    for folder in [out / "runs", *reuse]:
+        for path in sorted(folder.glob("*.json")):
+            r = json.loads(path.read_text())
+            if folder != out / "runs" and not reused(r["method"], reuse_methods):
+                continue
+            if r["method"] in runs and r["seed"] in seeds and all(o["seed"] != r["seed"] for o in runs[r["method"]]):
+                runs[r["method"]].append(r)
+    return runs
+
+
 def analyse(
     out: Path,
     methods: list[str],
@@ -1051,13 +1112,7 @@ def analyse(
     reuse: list[Path] = (),
     reuse_methods: list[str] | None = None,
 ) -> dict[str, Any]:
-    runs = {m: [] for m in methods}
-    for path in sorted(p for folder in [out / "runs", *reuse] for p in folder.glob("*.json")):
-        r = json.loads(path.read_text())
-        if path.parent != out / "runs" and not reused(r["method"], reuse_methods):
-            continue
-        if r["method"] in runs and r["seed"] in seeds and all(o["seed"] != r["seed"] for o in runs[r["method"]]):
-            runs[r["method"]].append(r)  # the grid's own run first, a reused one only where it has none
+    runs = load_runs(out, methods, seeds, reuse, reuse_methods)
     methods = [m for m in methods if runs[m]]
     table = metric_table(runs, methods)
     warmups = []

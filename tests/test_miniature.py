@@ -155,18 +155,20 @@ def test_evidence_smoke_produces_every_column(tmp_path):
 @pytest.mark.slow
 def test_evidence_reflect_smoke(tmp_path, capsys):
     """The reflect grid at smoke scale (worked sums, the reflective warm-up cut to one step, GRPO and GEC with the
-    wrong prefix masked, 4 steps): the warm-up's reflection rates, the reflection branch's success during training,
-    the pre-registered claims and the table are produced."""
+    wrong prefix masked and with both masks, 4 steps): the warm-up's reflection rates, the reflection branch's success
+    and redo share during training, the pre-registered claims and the table are produced."""
     evidence = load_evidence()
     out = tmp_path / "reflect"
-    summary = evidence.main(["--smoke", "--grid", "reflect", "--methods", "gec-prefix-masked", "--seeds", "0",
-                             "--out", str(out)])  # fmt: skip
+    summary = evidence.main(["--smoke", "--grid", "reflect", "--methods", "gec-prefix-masked", "gec-fully-masked",
+                             "--seeds", "0", "--out", str(out)])  # fmt: skip
     runs = {r["method"]: r for r in (json.loads(p.read_text()) for p in (out / "runs").glob("*.json"))}
-    assert set(runs) == {"grpo", "gec-prefix-masked"}
+    assert set(runs) == {"grpo", "gec-prefix-masked", "gec-fully-masked"}
     # Worked sums are longer than a box: 2 rollouts of 32 completions, each at most a full trace.
     assert 2 * 32 <= runs["grpo"]["gen_tokens"] <= 2 * 32 * evidence.embedded_reflect.MAX_TRACE
-    reflected = [e for e in runs["gec-prefix-masked"]["logs"] if e.get("reflect/count")]
-    assert reflected and all(0 <= e["reflect/fixed"] <= e["reflect/count"] for e in reflected)
+    for method in ("gec-prefix-masked", "gec-fully-masked"):
+        reflected = [e for e in runs[method]["logs"] if e.get("reflect/count")]
+        assert reflected and all(0 <= e["reflect/fixed"] <= e["reflect/count"] for e in reflected)
+        assert all(0 <= e["reflect/redo"] <= e["reflect/count"] for e in reflected)
     assert not any("reflect/count" in e for e in runs["grpo"]["logs"])
     (warmup,) = summary["warmups"]
     assert warmup["wrong_responses"] > 0 and 0 <= warmup["fixed_without_cue"] <= warmup["wrong_responses"]
@@ -177,7 +179,9 @@ def test_evidence_reflect_smoke(tmp_path, capsys):
     claims = " ".join(c["claim"] for c in summary["claims"])
     assert "precondition: after the warm-up the cue" in claims
     assert "gec-prefix-masked: the reflection branch turns more wrong responses right" in claims
-    assert "GEC's reflection branch" in (out / "table.md").read_text()
+    assert "exploratory: gec-fully-masked has higher hard pass@1 than gec-prefix-masked" in claims
+    table = (out / "table.md").read_text()
+    assert "GEC's reflection branch" in table and "What the reflection branch writes after the cue" in table
     # --warmups-only resumes the saved warm-up (no retraining) and decides the precondition before any run.
     again = evidence.main(["--smoke", "--grid", "reflect", "--seeds", "0", "--out", str(out), "--warmups-only"])
     assert again["warmups"] == summary["warmups"]
@@ -259,3 +263,19 @@ def test_pass_at_k_and_bootstrap():
     assert mean == 3.0 and 1.0 <= low < 3.0 < high <= 5.0
     assert evidence.verdict((0.1, 0.05, 0.2)) == "held" and evidence.verdict((0.1, -0.05, 0.2)) == "not significant"
     assert evidence.verdict((-0.1, -0.2, -0.05), better="lower") == "held"
+
+
+def test_analysis_prefers_the_grids_own_runs_over_reused_ones(tmp_path):
+    """A grid that reruns a reused method's seed reads its own run, whatever the folders' names sort to."""
+    evidence = load_evidence()
+    own, other = tmp_path / "reflect-diagnosis", tmp_path / "reflect"  # "reflect" sorts before "reflect-diagnosis"
+    for folder, runs in ((own, [("gec", 0)]), (other, [("gec", 0), ("gec", 1), ("grpo", 0), ("eda", 0)])):
+        (folder / "runs").mkdir(parents=True)
+        for method, seed in runs:
+            record = {"method": method, "seed": seed, "source": folder.name}
+            (folder / "runs" / f"{method}-{seed}.json").write_text(json.dumps(record))
+    runs = evidence.load_runs(own, ["grpo", "gec"], [0, 1], [other / "runs"], ["grpo", "gec"])
+    assert [(r["seed"], r["source"]) for r in runs["gec"]] == [(0, "reflect-diagnosis"), (1, "reflect")]
+    assert [r["source"] for r in runs["grpo"]] == ["reflect"]
+    # a method not named in reuse_methods is never read from another grid
+    assert evidence.load_runs(own, ["grpo", "gec"], [0, 1], [other / "runs"], ["gec"])["grpo"] == []
