@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -75,7 +75,8 @@ class _RolloutState:
     * ``rows``: the dataset rows of the batch; ``training``: whether the model trains (GEC corrects only then);
     * ``capture_entropies``: a method wants the entropies of TRL's no-grad old-log-prob forward of this rollout;
       ``captured_logps`` / ``captured_entropies`` are what that forward returned;
-    * ``rewards_per_func``: the last rewards TRL computed (after GEC: those of the corrected responses).
+    * ``rewards_per_func``: the last rewards TRL computed (after GEC: those of the corrected responses);
+    * ``reflected_rows``: the rows (indices into the gathered rewards) GEC corrected by reflection on this process.
     """
 
     rows: list[dict[str, Any]]
@@ -84,6 +85,7 @@ class _RolloutState:
     captured_logps: torch.Tensor | None = None
     captured_entropies: torch.Tensor | None = None
     rewards_per_func: torch.Tensor | None = None
+    reflected_rows: list[int] = field(default_factory=list)
 
 
 @dataclass

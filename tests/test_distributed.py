@@ -149,6 +149,10 @@ def test_gec_with_one_rank_all_correct_does_not_deadlock_under_zero3_and_matches
     for ranks in runs.values():
         reflected = [[e["reflected"] for e in r["gec_calls"]] for r in ranks]
         assert reflected[0] == [0] * len(reflected[0]) and all(n > 0 for n in reflected[1])  # uneven, every rollout
+        # rank 1's reflections stay wrong and rank 0's rows are right: read at rank 0's rows, the share would be 1
+        for r in ranks:
+            success = [e["gec/reflect_success"] for e in r["log_history"] if "gec/reflect_success" in e]
+            assert success == [0.0] * len(reflected[1])
     ddp, zero3 = runs["cpu"], runs["zero3"]
     assert [r["gec_calls"] for r in zero3] == [r["gec_calls"] for r in ddp]  # the same completions, corrected alike
     for key in ("loss", "gec/accuracy_after", "gec/reflect_count"):

@@ -137,10 +137,12 @@ def branches_of(trainer: EdgeGRPOTrainer, record: dict) -> list[str]:
     return branches
 
 
-def make_trainer(tmp_path, model_path, trainer_class=RecordingTrainer, dataset=DATASET, **overrides):
+def make_trainer(
+    tmp_path, model_path, trainer_class=RecordingTrainer, dataset=DATASET, reward=boxed_answer_reward, **overrides
+):
     fields = {"gec": True, "gec_max_new_tokens": 32, "max_steps": 1, **overrides}
     trainer = trainer_class(
-        str(model_path), reward_funcs=boxed_answer_reward, args=tiny_config(tmp_path, **fields), train_dataset=dataset
+        str(model_path), reward_funcs=reward, args=tiny_config(tmp_path, **fields), train_dataset=dataset
     )
     trainer.generate_calls, trainer.corrections = [], []
     return trainer
@@ -387,3 +389,24 @@ def test_reflection_budget_with_and_without_the_cue(tmp_path, tiny_model_path, c
     longest = max(map(len, after_ids))
     cap = trainer.max_completion_length + 40
     assert longest <= cap if cue_in_budget else longest > cap
+
+
+def cue_and_even_length_reward(completions: list, **_: object) -> list[float]:
+    """Right when the completion holds GEC's cue and has an even number of characters: a tiny model's first tries
+    never hold the cue, and about half of its reflections end right."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float("Something is wrong" in text and len(text) % 2 == 0) for text in texts]
+
+
+def test_reflect_success_is_the_share_of_reflected_responses_that_end_right(tmp_path, tiny_model_path):
+    trainer = make_trainer(tmp_path, tiny_model_path, reward=cue_and_even_length_reward, max_steps=3, gec=False,
+                           force_reflection=True, gec_reward_name="cue_and_even_length_reward")  # fmt: skip
+    trainer.train()
+    expected = []
+    for record in trainer.corrections:
+        texts = record["after"][3]
+        assert cue_and_even_length_reward(record["before"][3]) == [0.0] * len(texts)  # every first try is wrong
+        expected.append(sum(cue_and_even_length_reward(texts)) / len(texts))
+    assert logged(trainer, "gec/reflect_count") == [8.0] * 3
+    assert logged(trainer, "gec/reflect_success") == pytest.approx(expected)
+    assert 0 < sum(expected) < 3  # some reflections end right and some do not: the share is not a constant

@@ -53,7 +53,8 @@ def test_two_cpu_processes_correct_their_own_slices_with_gec(tmp_path, tiny_mode
         for v in zip(*(per_rank(ranks, f"gec/{b}_count")[0] for b in ("reflect", "answer", "solution")), strict=True)
     ]
     assert branch_totals == [12.0] * 4  # 6 completions per rank x 2 ranks, every step
-    for key in ("gec/reflect_count", "gec/accuracy_before", "gec/accuracy_after", "gec/collapsed_group_share_after"):
+    for key in ("gec/reflect_count", "gec/reflect_success", "gec/accuracy_before", "gec/accuracy_after",
+                "gec/collapsed_group_share_after"):  # fmt: skip
         values = per_rank(ranks, key)
         assert len(values[0]) == 4 and values[0] == pytest.approx(values[1]), key
     assert sum(per_rank(ranks, "gec/accuracy_after")[0]) > 0

@@ -38,9 +38,10 @@ def test_quickstart_notebook_trains_and_plots(tmp_path):
     text = stdout(notebook)
     assert "held-out greedy accuracy" in text and "plotted:" in text
     # The closing cell reads every evidence grid's committed verdicts (an editable install finds benchmarks/).
-    for grid in ("round 1", "round 2, part 1", "round 2, part 2"):
+    for grid in ("round 1", "round 2, part 1", "round 2, part 2", "round 3, part A", "round 3, part B"):
         assert f"evidence, {grid}" in text, grid
     assert "dynamic-sampling has higher hard pass@1 than GRPO at equal generated tokens" in text
+    assert "still hurts" in text and "verdict on gec (pre-registered rule" in text
     images = [o for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert images, "the last cell shows the plot"
 

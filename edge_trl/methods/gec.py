@@ -111,8 +111,9 @@ class GECFields:
         metadata={
             "help": "GEC (experimental, not in the paper): exclude from the loss the policy's own wrong response that "
             "a corrected response keeps before the cue or the injected answer (reflection and answer branches), "
-            "through TRL's tool_mask, so the corrected ending's advantage does not train the wrong prefix. "
-            "Combines with gec_mask_injected. Default False: the prefix is trained on, as in the paper."
+            "through TRL's tool_mask, so the corrected ending's advantage does not train the wrong prefix; it masks "
+            "the prefix of every such response, whether or not its correction ends right. Combines with "
+            "gec_mask_injected. Default False: the prefix is trained on, as in the paper."
         },
     )
 
@@ -272,15 +273,25 @@ class GEC(Method):
         return corrected
 
     def after_scoring(self, trainer: Any, rollout: Any, output: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
         from edge_trl.core_algos import collapsed_group_share
 
         if rollout.training and rollout.rewards_per_func is not None:  # TRL's rewards of the corrected responses
             rewards = rollout.rewards_per_func
+            correct = is_correct(trainer, rewards)
             metrics = trainer._metrics["train"]
-            metrics["gec/accuracy_after"].append(is_correct(trainer, rewards).float().mean().item())
+            metrics["gec/accuracy_after"].append(correct.float().mean().item())
             metrics["gec/collapsed_group_share_after"].append(
                 collapsed_group_share(trainer._weighted_reward(rewards), trainer.num_generations)
             )
+            # Whether reflection works on this model: the share of reflected responses that end right, to set
+            # against gec/accuracy_before (a fresh try's odds). Every process joins the sum.
+            fixed = int(correct[rollout.reflected_rows].sum()) if rollout.reflected_rows else 0
+            counts = torch.tensor([len(rollout.reflected_rows), fixed], dtype=torch.float64)
+            reflected, fixed = trainer.accelerator.reduce(counts.to(trainer.accelerator.device), "sum").tolist()
+            if reflected:
+                metrics["gec/reflect_success"].append(fixed / reflected)
         return output
 
     def resume_counters(self, trainer: Any) -> dict[str, int]:
@@ -327,6 +338,8 @@ def correct_wrong_responses(trainer: Any, rows: list[dict[str, Any]], prompts: l
     # A response ends with a run of these (e.g. <|im_end|>, or <|im_end|><|endoftext|>): injections go before it.
     stops, end_of_turn = list(trainer.eos_token_ids), trainer.end_of_turn_token_ids
     reflect_ids = [i for i in wrong if plan[i] == "reflect"]
+    if trainer._rollout is not None:  # scored again by TRL: after_scoring reads how many reflections end right
+        trainer._rollout.reflected_rows = [start + i for i in reflect_ids]
     continuations, continuation_logprobs = trainer._generate_reflections(
         [
             gec_tokens.reflection_prompt(prompt_ids[i], completion_ids[i], trainer._gec_cue_ids, stops)
