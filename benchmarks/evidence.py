@@ -767,7 +767,7 @@ def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> l
                 "verdict": verdict(ci), "evidence": f"hard pass@{k} gec-prefix-masked - gec {fmt(ci)} points",
             })  # fmt: skip
     # Exploratory (not pre-registered): both masks against each mask alone.
-    for baseline in [m for m in ("gec", "gec-masked", "gec-prefix-masked") if "gec-fully-masked" in methods]:
+    for baseline in [m for m in ("gec", "gec-masked", "gec-prefix-masked") if {m, "gec-fully-masked"} <= set(methods)]:
         for k in (1, 16):
             ci = paired_difference(table, "gec-fully-masked", f"final hard/box/pass@{k}", baseline=baseline)
             rows.append({
