@@ -139,6 +139,11 @@ CALIBRATION: dict[str, dict[str, Any]] = {
     "adaptive-entropy-0.12": {"use_adaptive_entropy": True, "entropy_coef": 0.0, "entropy_target": 0.12},
 }
 FIRST_GRID_METHODS = ["grpo", "gec", "edge", "clip-cov", "kl-cov"]
+# The reflect task's schedule and warm-up, shared by the reflect grid and its diagnosis.
+REFLECT_TASK: dict[str, Any] = {
+    "task": "reflect", "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1,
+    "warmup_min_steps": 300, "warmup_check_every": 25,
+}  # fmt: skip
 # Presets of the command-line flags; explicit flags override them.
 GRIDS: dict[str, dict[str, Any]] = {
     "first": {"methods": FIRST_GRID_METHODS, "out": Path("benchmarks/results/evidence")},
@@ -161,16 +166,14 @@ GRIDS: dict[str, dict[str, Any]] = {
         "warmup_dir": Path("benchmarks/results/evidence2/warmups"),
     },
     "reflect": {
-        "task": "reflect", "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge",
-        "dynamic-sampling"], "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1,
-        "warmup_min_steps": 300, "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect"),
+        **REFLECT_TASK, "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "eda", "edge",
+        "dynamic-sampling"], "out": Path("benchmarks/results/evidence3/reflect"),
     },
     # After the reflect grid: what the reflection branch writes (``reflect/redo``: the GEC variants rerun, bit for
     # bit the grid's runs otherwise) and GEC with both masks; GRPO's runs are read from the grid.
     "reflect-diagnosis": {
-        "task": "reflect", "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "gec-fully-masked"],
-        "steps": 200, "eval_every": 50, "eval_problems": 64, "warmup_target": 0.1, "warmup_min_steps": 300,
-        "warmup_check_every": 25, "out": Path("benchmarks/results/evidence3/reflect-diagnosis"),
+        **REFLECT_TASK, "methods": ["grpo", "gec", "gec-masked", "gec-prefix-masked", "gec-fully-masked"],
+        "out": Path("benchmarks/results/evidence3/reflect-diagnosis"),
         "warmup_dir": Path("benchmarks/results/evidence3/reflect/warmups"),
         "reuse": [Path("benchmarks/results/evidence3/reflect/runs")],
         "reuse_methods": ["grpo"],
@@ -501,7 +504,7 @@ def log_mean(run: dict, key: str, first: float, last: float) -> float | None:
     return statistics.fmean(values[begin : max(math.ceil(last * len(values)), begin + 1)])
 
 
-def reflection_success(run: dict, first: float, last: float, key: str = "reflect/fixed") -> float | None:
+def reflection_share(run: dict, first: float, last: float, key: str = "reflect/fixed") -> float | None:
     """GEC's reflection branch over the fraction [first, last) of the rollouts that reflected: the share of the
     wrong responses it continued whose continuation's box is right (``reflect/fixed``), or that redo the sum
     (``reflect/redo``), pooled over those rollouts; None for a run that did not log ``key``."""
@@ -593,8 +596,8 @@ def metric_table(runs: dict[str, list[dict]], methods: list[str]) -> dict[str, A
                 values[key] = log_mean(r, key, 0.0, 1.0)
             values.update({f"cov {k}": v for k, v in covariance_diagnostic(r).items()})
             for name, (first, last) in {"run": (0.0, 1.0), "first 20%": (0.0, 0.2), "last 20%": (0.8, 1.0)}.items():
-                values[f"reflection success {name}"] = reflection_success(r, first, last)
-                values[f"reflection redo {name}"] = reflection_success(r, first, last, "reflect/redo")
+                values[f"reflection success {name}"] = reflection_share(r, first, last)
+                values[f"reflection redo {name}"] = reflection_share(r, first, last, "reflect/redo")
             values["mean load1"] = statistics.fmean(p["load1"] for p in r["evals"])
             per_run.append(values)
         table["methods"][method] = per_run
@@ -786,7 +789,8 @@ def reflection_claims(table: dict, methods: list[str], warmups: list[dict]) -> l
         else:
             reading = "cannot be told apart from GRPO"
         rows.append({
-            "claim": f"{'exploratory: ' if method == 'gec-fully-masked' else ''}verdict on {method} (pre-registered rule: helps = hard pass@1 above GRPO at equal steps, CI > 0, "
+            "claim": f"{'exploratory: ' if method == 'gec-fully-masked' else ''}verdict on {method} (pre-registered "
+            "rule: helps = hard pass@1 above GRPO at equal steps, CI > 0, "
             "and not significantly below at equal generated tokens; hurts = below at equal steps, CI < 0)",
             "verdict": reading,
             "evidence": f"hard pass@1 {method} - grpo: equal steps {fmt(steps)}, equal tokens {fmt(tokens)} points",
